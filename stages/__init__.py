@@ -1,0 +1,1 @@
+"""Fashion-MNIST (or any IDX dataset) pipeline stages; run each as `python -m stages.<name>` from dvc.yaml."""

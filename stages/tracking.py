@@ -1,0 +1,135 @@
+"""MLflow, and only here: one run per executed stage, tagged so any number can be traced to code and params."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from stages.common import StageError, repo_root
+
+log = logging.getLogger("stages.tracking")
+
+# MLflow's own defaults retry an unreachable server for minutes; a stage should fail fast and say why.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
+
+
+class TrackingError(StageError):
+    """The tracking store cannot be reached or written."""
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, else a SQLite store at the DVC root (not the cwd: `dvc exp run --temp/--queue`
+    run stages in temporary copies that DVC deletes afterwards)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> {"a.b.c": value}; lists of mappings are indexed, other lists kept as JSON."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            for i, item in enumerate(value):
+                flat.update(flatten(item, f"{name}.{i}."))
+        elif isinstance(value, (list, tuple)):
+            flat[name] = json.dumps(list(value))
+        else:
+            flat[name] = value
+    return flat
+
+
+def params_hash(params: Mapping[str, Any]) -> str:
+    """Short, order-independent digest of the params a stage read."""
+    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
+
+
+def run_tags(stage: str, params: Mapping[str, Any]) -> dict[str, str]:
+    """Tags that make a run traceable: stage, code version, params digest, DVC experiment."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    tags = {
+        "stage": stage,
+        "git_commit": _git("rev-parse", "HEAD") or "unknown",
+        "git_dirty": "unknown" if status is None else str(bool(status)).lower(),
+        "params_hash": params_hash(params),
+    }
+    for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+def _experiment_id(name: str, uri: str) -> str:
+    """Find or create the experiment; local stores keep artifacts beside mlflow.db, not in the cwd."""
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
+    location = (repo_root() / "mlartifacts").as_uri() if local else None
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        # Another stage (`dvc queue start -j 2`) created it between our lookup and create.
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+class StageRun:
+    """The few things a stage logs; keeps mlflow out of the stage modules."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        numeric = {k: float(v) for k, v in flatten(metrics).items() if isinstance(v, (int, float))}
+        if numeric:
+            mlflow.log_metrics(numeric, step=step)
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params: Mapping[str, Any], experiment: str) -> Iterator[StageRun]:
+    """One MLflow run for one stage execution: params flattened, tags set; FAILED if the stage raises."""
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment
+    try:
+        experiment_id = _experiment_id(experiment, uri)
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=run_tags(stage, params))
+    except Exception as exc:  # MLflow raises many types (requests, sqlalchemy, its own) for one cause
+        raise TrackingError(
+            f"MLflow tracking store {uri} is not usable: {type(exc).__name__}: {exc}\n"
+            "Start the server or fix MLFLOW_TRACKING_URI; unset it to use the local store <repo>/mlflow.db."
+        ) from None
+    with run:
+        mlflow.log_params(flatten(params))
+        log.info("MLflow run %s (%s) in %s", run.info.run_id, stage, uri)
+        yield StageRun(run.info.run_id)
