@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ class IdxHeader:
 
     @property
     def payload_bytes(self) -> int:
-        return int(np.prod(self.dims, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.dims) * self.dtype.itemsize  # Python ints: a lying header must not overflow
 
 
 def parse_header(data: bytes, name: str) -> IdxHeader:
@@ -121,8 +122,8 @@ def write(path: str | Path, array: np.ndarray) -> None:
     data = encode(array)
     with atomic_path(path) as tmp:
         if Path(path).suffix == ".gz":
-            # mtime=0: the same array always gives the same bytes, so DVC hashes stay stable.
-            with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+            # No name or mtime in the gzip header: the same array always gives the same bytes (stable DVC hashes).
+            with open(tmp, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz:
                 gz.write(data)
         else:
             tmp.write_bytes(data)

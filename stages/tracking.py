@@ -65,7 +65,9 @@ def _git(*args: str) -> str | None:
 
 def run_tags(stage: str, params: Mapping[str, Any]) -> dict[str, str]:
     """Tags that make a run traceable: stage, code version, params digest, DVC experiment."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # Outputs that `dvc repro` itself writes and stages do not make the code dirty.
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock", ":!metrics",
+                  ":!**/.gitignore")
     tags = {
         "stage": stage,
         "git_commit": _git("rev-parse", "HEAD") or "unknown",
@@ -108,6 +110,9 @@ class StageRun:
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def log_dict(self, data: Mapping[str, Any], name: str) -> None:
+        mlflow.log_dict(dict(data), name)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
