@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from stages.config import ParamsError, load_params, parse_params
 from tests.conftest import ROOT, real_params
@@ -87,3 +88,10 @@ def test_missing_file_is_named(tmp_path):
 def test_a_list_instead_of_a_mapping_is_refused():
     with pytest.raises(ParamsError, match="expected a mapping of sections, got list"):
         parse_params([1, 2])
+
+
+def test_the_mnist_example_is_a_valid_params_change():
+    params = real_params()
+    params.update(yaml.safe_load((ROOT / "examples/mnist.yaml").read_text()))
+    parsed = parse_params(params)
+    assert parsed.dataset.name == "mnist" and parsed.dataset.classes[0] == "0"

@@ -1,0 +1,63 @@
+import time
+
+import mlflow
+import pytest
+
+from stages import tracking
+
+
+def test_local_store_is_anchored_at_dvc_root_not_cwd(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "repo"))
+    monkeypatch.chdir(tmp_path)
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'repo' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://team:5000")
+    assert tracking.tracking_uri() == "http://team:5000"
+
+
+def test_flatten_nests_and_indexes():
+    flat = tracking.flatten({"a": {"b": 1, "c": [1, 2]}, "m": [{"x": 1}, {"x": 2}], "s": "v"})
+    assert flat == {"a.b": 1, "a.c": "[1, 2]", "m.0.x": 1, "m.1.x": 2, "s": "v"}
+
+
+def test_params_hash_ignores_key_order_but_not_values():
+    assert tracking.params_hash({"a": 1, "b": 2}) == tracking.params_hash({"b": 2, "a": 1})
+    assert tracking.params_hash({"a": 1}) != tracking.params_hash({"a": 2})
+
+
+def test_stage_run_logs_params_metrics_and_tags(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-one")
+    with tracking.stage_run("verify", {"verify": {"max_class_imbalance": 1.0}}, experiment="tiny") as run:
+        run.log_metrics({"train": {"count": 5}})
+    store = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    logged = store.get_run(run.run_id)
+    assert logged.info.status == "FINISHED" and logged.info.run_name == "verify"
+    assert logged.data.params == {"verify.max_class_imbalance": "1.0"}
+    assert logged.data.metrics == {"train.count": 5.0}
+    assert logged.data.tags["stage"] == "verify" and logged.data.tags["dvc_exp_name"] == "exp-one"
+    assert len(logged.data.tags["params_hash"]) == 16
+    assert logged.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
+
+
+def test_failing_stage_leaves_a_failed_run(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    with pytest.raises(RuntimeError), tracking.stage_run("train", {}, experiment="tiny"):
+        raise RuntimeError("boom")
+    runs = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(
+        [mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment_by_name("tiny").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_unreachable_server_fails_fast_naming_the_uri(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing listens
+    for name in tracking.HTTP_DEFAULTS:  # the stage's own bounds, not a test's
+        monkeypatch.delenv(name, raising=False)
+    started = time.monotonic()
+    with pytest.raises(tracking.TrackingError, match=r"(?s)http://127.0.0.1:9 is not usable.*MLFLOW_TRACKING_URI"):
+        with tracking.stage_run("verify", {}, experiment="tiny"):
+            pass
+    assert time.monotonic() - started < 30
