@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -60,6 +61,12 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
         os.replace(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def digest(data: Any) -> str:
+    """Short, key-order-independent digest of JSON-able data (params, configs)."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def write_json(path: str | Path, data: Any) -> None:

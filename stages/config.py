@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PARAMS_FILE = "params.yaml"
 
@@ -80,11 +80,55 @@ class Preprocess(Section):
     seed: int = Field(ge=0)
 
 
+class Augment(Section):
+    flip: bool = Field(description="random horizontal flip")
+    translate: int = Field(ge=0, le=8, description="random shift of up to this many pixels each way")
+    erasing: float = Field(ge=0, le=1, description="probability of random erasing per image")
+
+
+class Train(Section):
+    net: Literal["cmasch", "fast", "wrn"]
+    epochs: int = Field(ge=1, le=1000)
+    batch_size: int = Field(ge=2, le=65536)
+    optimizer: Literal["sgd", "adamw"]
+    lr: float = Field(gt=0, le=10, description="peak of the one-cycle schedule")
+    momentum: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0, le=1)
+    warmup_fraction: float = Field(ge=0, le=1)
+    label_smoothing: float = Field(ge=0, lt=1)
+    ema_decay: float = Field(ge=0, lt=1, description="0 turns EMA of weights off")
+    augment: Augment
+    device: Literal["auto", "cpu", "cuda"]
+    precision: Literal["bf16", "fp32"]
+    channels_last: bool
+    compile: bool
+    threads: int = Field(ge=0, le=1024, description="CPU threads; 0 = every core this process may use")
+    eval_batch_size: int = Field(ge=1, le=65536)
+
+
+class Member(Section):
+    seed: int = Field(ge=0)
+    split: int = Field(ge=0, description="index of the preprocess train/validation split")
+
+
+MemberName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")]
+
+
 class Params(Section):
     dataset: Dataset
     download: Download
     verify: Verify
     preprocess: Preprocess
+    train: Train
+    members: dict[MemberName, Member] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _splits_exist(self) -> Params:
+        for name, member in self.members.items():
+            if member.split >= self.preprocess.n_splits:
+                raise ValueError(f"members.{name}.split is {member.split}, but preprocess.n_splits="
+                                 f"{self.preprocess.n_splits} makes splits 0..{self.preprocess.n_splits - 1}")
+        return self
 
 
 def _describe(error: dict[str, Any]) -> str:

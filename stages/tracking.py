@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -14,7 +13,7 @@ from typing import Any
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from stages.common import StageError, repo_root
+from stages.common import StageError, digest, repo_root
 
 log = logging.getLogger("stages.tracking")
 
@@ -49,12 +48,6 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def params_hash(params: Mapping[str, Any]) -> str:
-    """Short, order-independent digest of the params a stage read."""
-    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
 def _git(*args: str) -> str | None:
     try:
         done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=True)
@@ -72,7 +65,7 @@ def run_tags(stage: str, params: Mapping[str, Any]) -> dict[str, str]:
         "stage": stage,
         "git_commit": _git("rev-parse", "HEAD") or "unknown",
         "git_dirty": "unknown" if status is None else str(bool(status)).lower(),
-        "params_hash": params_hash(params),
+        "params_hash": digest(params),
     }
     for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
         if os.environ.get(env):
@@ -113,6 +106,19 @@ class StageRun:
 
     def log_dict(self, data: Mapping[str, Any], name: str) -> None:
         mlflow.log_dict(dict(data), name)
+
+    def log_torch_model(self, model: Any, example: Any) -> None:
+        """The model in MLflow's pytorch flavor, with a signature inferred from `example` (a numpy batch)."""
+        import mlflow.pytorch
+        import torch
+
+        with torch.no_grad():
+            output = model(torch.from_numpy(example)).numpy()
+        mlflow.pytorch.log_model(
+            model, name="model", signature=mlflow.models.infer_signature(example, output), input_example=example,
+            # Explicit: skips MLflow's slow requirement inference, and pins the torch that trained it.
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
