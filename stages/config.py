@@ -111,6 +111,17 @@ class Member(Section):
     split: int = Field(ge=0, description="index of the preprocess train/validation split")
 
 
+class EnsembleConfig(Section):
+    method: Literal["soft", "weighted", "hard"]
+    tta_flip: bool = Field(description="average each member's prediction with that of the mirrored image")
+
+
+class Evaluate(Section):
+    ece_bins: int = Field(ge=2, le=100, description="confidence bins for expected calibration error")
+    mistakes: int = Field(ge=1, le=400, description="most confident mistakes shown in the grid")
+    sprite_per_class: int = Field(ge=1, le=50, description="sample images per class in the sprite")
+
+
 MemberName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")]
 
 
@@ -121,6 +132,8 @@ class Params(Section):
     preprocess: Preprocess
     train: Train
     members: dict[MemberName, Member] = Field(min_length=1)
+    ensemble: EnsembleConfig
+    evaluate: Evaluate
 
     @model_validator(mode="after")
     def _splits_exist(self) -> Params:

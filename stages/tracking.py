@@ -6,16 +6,20 @@ import json
 import logging
 import os
 import subprocess
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.pyfunc
 from mlflow.exceptions import MlflowException
 
 from stages.common import StageError, digest, repo_root
 
 log = logging.getLogger("stages.tracking")
+# MLflow nudges towards typed predict() for schema inference; our signature comes from an input example.
+warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning, module="mlflow")
 
 # MLflow's own defaults retry an unreachable server for minutes; a stage should fail fast and say why.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
@@ -120,8 +124,42 @@ class StageRun:
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
 
+    def log_ensemble_model(self, path: Path, example: Any, name: str) -> None:
+        """The ensemble file as a registered pyfunc model taking uint8 images (N, H, W); the stages package
+        travels with it, so `mlflow models predict` needs no checkout of this repo."""
+        import numpy as np
+        import torch
+
+        model = EnsemblePyfunc()
+        context = mlflow.pyfunc.PythonModelContext(artifacts={"ensemble": str(path)}, model_config={})
+        model.load_context(context)
+        example = np.ascontiguousarray(example, dtype=np.uint8)
+        signature = mlflow.models.infer_signature(example, model.predict(context, example))
+        mlflow.pyfunc.log_model(
+            name="ensemble", python_model=model, artifacts={"ensemble": str(path)},
+            code_paths=[str(Path(__file__).parent)], signature=signature, input_example=example,
+            registered_model_name=name,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}",
+                              "pandas", "pillow", "pydantic>=2", "pyyaml", "tqdm", "mlflow"],
+        )
+
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
+    """MLflow's view of models/ensemble.pt: images in, a DataFrame of class and probabilities out."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        from stages.ensemble import Ensemble  # late: stages.ensemble imports this module
+
+        self.ensemble = Ensemble.load(context.artifacts["ensemble"])
+
+    def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints as a schema
+        from stages.predict import as_images, prediction_frame  # late, as above
+
+        images = as_images(model_input, tuple(self.ensemble.image_shape))
+        return prediction_frame(self.ensemble.predict_proba(images), self.ensemble.classes)
 
 
 @contextlib.contextmanager

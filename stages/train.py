@@ -141,13 +141,14 @@ def fit(
     result = FitResult(best_state={}, best_epoch=0)
     start_epoch = 1
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        # On the CPU: RNG states must be CPU tensors; load_state_dict moves the rest onto the model's device.
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         if state["fingerprint"] == fingerprint:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             if ema is not None:
                 ema.load_state_dict(state["ema"])
-            gen.set_state(state["generator"].to(gen.device) if device.type == "cpu" else state["generator"].cpu())
+            gen.set_state(state["generator"])
             torch.set_rng_state(state["cpu_rng"])
             if device.type == "cuda":
                 torch.cuda.set_rng_state(state["cuda_rng"])

@@ -1,4 +1,5 @@
 """The real pipeline on the real data, in a temporary git+DVC copy of this repo."""
+import json
 import os
 import shutil
 import subprocess
@@ -113,3 +114,67 @@ def test_queued_experiment_logs_into_the_root_store(repo):
     assert [r.info.run_name for r in queued] == ["preprocess"]
     assert queued[0].data.tags["dvc_exp_baseline_rev"] == head
     assert queued[0].data.params["preprocess.seed"] == "7"
+
+
+def small_profile(repo: Path) -> None:
+    """A stratified 3,000-image subset, 2 epochs, 2 members: the whole pipeline in about a minute."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["preprocess"]["train_subset"] = 3000
+    params["train"].update(epochs=2, eval_batch_size=512)
+    params["members"] = {"m0": {"seed": 0, "split": 0}, "m1": {"seed": 1, "split": 1}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_a_member_trains_in_a_small_profile(repo):
+    small_profile(repo)
+    assert ran(sh(repo, "dvc", "repro", "train@m0")) == ["preprocess", "train@m0"]
+    import torch
+
+    state = torch.load(repo / "models/members/m0.pt", weights_only=True)
+    assert state["net"] == "fast" and state["member"] == "m0" and len(state["classes"]) == 10
+    metrics = yaml.safe_load((repo / "metrics/train/m0.json").read_text())
+    assert 1 <= metrics["best_epoch"] <= 2 and metrics["val_accuracy"] > 0.5
+    history = (repo / "metrics/history/m0.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,train_loss,train_accuracy,val_loss,val_accuracy") and len(history) == 3
+    run = [r for r in runs(repo) if r.info.run_name == "train@m0"][-1]
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2]
+    assert run.data.tags["device"] == "cpu" and run.data.tags["member"] == "m0"
+    model_info = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model")
+    assert model_info.signature is not None
+
+
+def test_ensemble_and_evaluate_end_the_pipeline(repo):
+    assert ran(sh(repo, "dvc", "repro")) == ["train@m1", "ensemble", "evaluate"]
+    report = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert 0.5 < report["ensemble_accuracy"] <= 1 and 0.5 < report["members_accuracy_mean"] <= 1
+    assert set(report["per_class_f1"]) == set(real_params()["dataset"]["classes"])
+    for name in ("confusion_matrix", "per_class", "reliability", "confident_mistakes", "sprite"):
+        assert (repo / "plots" / f"{name}.png").stat().st_size > 5000
+    ensemble = json.loads((repo / "metrics/ensemble.json").read_text())
+    assert ensemble["members"] == 2
+    evaluate = [r for r in runs(repo) if r.info.run_name == "evaluate"][-1]
+    assert evaluate.data.params["train.net"] == "fast"  # the whole pipeline's params, for comparing runs
+    assert evaluate.data.metrics["ensemble_accuracy"] == pytest.approx(report["ensemble_accuracy"])
+
+
+def test_registered_model_and_predict_command_agree_on_a_png(repo, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from stages.predict import convert_like_fashion_mnist
+
+    test_image = np.load(repo / "data/processed/test/images.npy")[0]
+    photo = Image.fromarray(255 - test_image).resize((140, 140), Image.NEAREST)  # dark product on white
+    photo.save(tmp_path / "item.png")
+    printed = sh(repo, "python", "-m", "stages.predict", "models/ensemble.pt", str(tmp_path / "item.png"))
+    line = next(line for line in printed.splitlines() if line.startswith(str(tmp_path / "item.png")))
+    predict_class = line.split(": ", 1)[1].split(", ")[0].rsplit(" ", 1)[0]  # "Ankle boot 97.1%, ..."
+    pixels = convert_like_fashion_mnist(Image.open(tmp_path / "item.png")).tolist()
+    (tmp_path / "input.json").write_text(json.dumps({"inputs": [pixels]}))
+    env_uri = f"sqlite:///{repo / 'mlflow.db'}"
+    served = sh(repo, "env", f"MLFLOW_TRACKING_URI={env_uri}", "mlflow", "models", "predict", "-m",
+                "models:/fashion-mnist-ensemble/latest", "-i", str(tmp_path / "input.json"), "-t", "json",
+                "--env-manager", "local")
+    rows = json.loads(served[served.index("{"):served.rindex("}") + 1])["predictions"]
+    assert rows[0]["class"] == predict_class

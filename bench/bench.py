@@ -1,0 +1,136 @@
+"""Speed benchmark of the model zoo: prints, per net, training and inference images/s, achieved GFLOP/s and
+seconds per epoch; with --accuracy also the training time to reach 92/93/94% test accuracy.
+
+    python bench/bench.py                        # throughput of every net on the default device
+    python bench/bench.py --nets fast --accuracy # + a full training run of the fast net (minutes on a CPU)
+
+Test accuracy is measured after every epoch here for the time-to-accuracy figures only: the pipeline itself
+selects checkpoints on validation data and never looks at the test set before evaluation.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from stages import nets  # noqa: E402
+from stages.config import load_params  # noqa: E402
+from stages.device import autocast, pick_device, set_threads  # noqa: E402
+from stages.train import Images, Normalizer, evaluate, fit, load_member_data  # noqa: E402
+
+TARGETS = (0.92, 0.93, 0.94)
+
+
+def forward_flops(model: torch.nn.Module, shape: tuple[int, int]) -> int:
+    """FLOPs of one image's forward pass (a multiply-add counts 2)."""
+    with FlopCounterMode(display=False) as counter:
+        model.eval()(torch.zeros(1, 1, *shape))
+    return counter.get_total_flops()
+
+
+def throughput(model, device, precision, channels_last, batch_size, train: bool, seconds: float = 5.0) -> float:
+    """Images per second of training steps (forward, backward, SGD update) or of inference."""
+    x = torch.randn(batch_size, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    model.train(train)
+
+    def step():
+        with torch.set_grad_enabled(train), autocast(device, precision):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        if train:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    for _ in range(3):  # warm-up: allocator, oneDNN/cuDNN kernel choice, torch.compile
+        step()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    images, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        step()
+        images += batch_size
+    sync()
+    return images / (time.perf_counter() - started)
+
+
+def time_to_accuracy(name, params, device, data_dir: Path, epochs: int) -> dict[float, float | None]:
+    """Train `name` with the pipeline's recipe on split 0; seconds of training until test accuracy first
+    reaches each target (None if never)."""
+    cfg = params.train.model_copy(update={"net": name, "epochs": epochs})
+    fit_data, val_data, mean, std = load_member_data(data_dir / "train", 0, device)
+    test = Images(torch.from_numpy(np.load(data_dir / "test/images.npy")).unsqueeze(1).to(device),
+                  torch.from_numpy(np.load(data_dir / "test/labels.npy").astype(np.int64)).to(device))
+    norm = Normalizer(torch.from_numpy(mean).to(device), torch.from_numpy(std).to(device), cfg.channels_last)
+    torch.manual_seed(0)
+    model = nets.build(name, len(params.dataset.classes), tuple(params.dataset.image_shape)).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    reached: dict[float, float | None] = dict.fromkeys(TARGETS)
+    elapsed = 0.0
+
+    def on_epoch(row):
+        nonlocal elapsed
+        elapsed += row["seconds"]
+        _, accuracy = evaluate(model, test, norm, cfg)
+        print(f"  {name} epoch {row['epoch']}: test accuracy {100 * accuracy:.2f}% after {elapsed:.0f}s", flush=True)
+        for target in TARGETS:
+            if reached[target] is None and accuracy >= target:
+                reached[target] = elapsed
+
+    fit(model, fit_data, val_data, norm, cfg, seed=0, on_epoch=on_epoch)
+    return reached
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nets", nargs="+", default=list(nets.NETS), choices=nets.NETS)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the net first")
+    parser.add_argument("--accuracy", action="store_true", help="also train each net and time 92/93/94%%")
+    parser.add_argument("--epochs", type=int, default=None, help="for --accuracy; default train.epochs")
+    parser.add_argument("--data", type=Path, default=Path("data/processed"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    params = load_params()
+    threads = set_threads(params.train.threads)
+    device = pick_device(args.device)
+    fit_images = round(params.dataset.train_count * (1 - params.preprocess.val_fraction))
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or 'CPU'}, {threads} threads"
+    print(f"# {where}; torch {torch.__version__}; {args.precision}, channels_last, batch {args.batch_size}"
+          f"{', compiled' if args.compile else ''}; epoch = {fit_images} images")
+    print(f"{'net':8} {'params':>9} {'MFLOP/img':>10} {'train img/s':>12} {'GFLOP/s':>8} {'s/epoch':>8} "
+          f"{'infer img/s':>12}")
+    for name in args.nets:
+        model = nets.build(name, 10, (28, 28))
+        flops = forward_flops(model, (28, 28))
+        model = model.to(device).to(memory_format=torch.channels_last)
+        runnable = torch.compile(model) if args.compile else model
+        train_ips = throughput(runnable, device, args.precision, True, args.batch_size, train=True)
+        infer_ips = throughput(runnable, device, args.precision, True, 1024, train=False)
+        # A training step costs about 3 forward passes (forward, input and weight gradients).
+        print(f"{name:8} {nets.count_parameters(model):>9,} {flops / 1e6:>10.1f} {train_ips:>12,.0f} "
+              f"{3 * flops * train_ips / 1e9:>8.1f} {fit_images / train_ips:>8.1f} {infer_ips:>12,.0f}", flush=True)
+    if args.accuracy:
+        for name in args.nets:
+            reached = time_to_accuracy(name, params, device, args.data, args.epochs or params.train.epochs)
+            shown = ", ".join(f"{int(100 * t)}%: {'not reached' if s is None else f'{s:.0f}s'}"
+                              for t, s in reached.items())
+            print(f"{name}: time to test accuracy {shown}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""ensemble stage: combine the trained members into one model file, by soft, weighted-soft or hard voting,
+with optional flip test-time augmentation, and measure on each member's own validation split whether the
+flip TTA helps. Also the Ensemble class that evaluate, predict and the MLflow model use."""
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from stages import nets, tracking
+from stages.common import StageError, atomic_path, run_main, write_json
+from stages.config import EnsembleConfig, load_params
+from stages.device import pick_device, set_threads
+from stages.train import load_member
+
+log = logging.getLogger("stages.ensemble")
+# Hard votes give some classes probability 0; log-loss needs a floor.
+MIN_PROBABILITY = 1e-7
+
+
+def combine(probs: np.ndarray, method: str, weights: np.ndarray | None = None) -> np.ndarray:
+    """Members' class probabilities (M, N, C) -> ensemble probabilities (N, C).
+    soft: mean; weighted: weighted mean; hard: share of the members' votes (ties keep their share)."""
+    if method == "soft":
+        return probs.mean(axis=0)
+    if method == "weighted":
+        w = np.asarray(weights, dtype=np.float64)
+        return np.tensordot(w / w.sum(), probs, axes=1)
+    if method == "hard":
+        votes = np.eye(probs.shape[2])[probs.argmax(axis=2)]  # (M, N, C) one-hot
+        return votes.mean(axis=0)
+    raise ValueError(f"unknown ensemble method {method!r}; choose soft, weighted or hard")
+
+
+def member_weights(val_accuracies: list[float], method: str) -> np.ndarray:
+    """Voting weights: validation accuracy for `weighted`, equal otherwise."""
+    accuracies = np.asarray(val_accuracies, dtype=np.float64)
+    return accuracies / accuracies.sum() if method == "weighted" else np.full(len(accuracies), 1 / len(accuracies))
+
+
+@torch.no_grad()
+def member_probabilities(model: nn.Module, images: np.ndarray, mean: torch.Tensor, std: torch.Tensor,
+                         tta_flip: bool, device: torch.device, batch_size: int = 2048) -> np.ndarray:
+    """Softmax outputs of one member for uint8 images (N, H, W); with tta_flip, averaged with the mirror image."""
+    model.eval().to(device)
+    mean, std = mean.to(device), std.to(device)
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device).unsqueeze(1)
+        x = ((x.float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
+        p = model(x).float().softmax(1)
+        if tta_flip:
+            p = (p + model(x.flip(-1)).float().softmax(1)) / 2
+        out.append(p.cpu().numpy())
+    return np.concatenate(out).astype(np.float64)
+
+
+@dataclass
+class Ensemble:
+    """Members plus how to combine them: everything needed to go from uint8 images to class probabilities."""
+    members: list[nn.Module]
+    states: list[dict]
+    method: str
+    weights: np.ndarray
+    tta_flip: bool
+    classes: list[str]
+    image_shape: tuple[int, int]
+
+    def member_probabilities(self, images: np.ndarray, device: torch.device | str = "cpu",
+                             tta_flip: bool | None = None) -> np.ndarray:
+        """(M, N, C) probabilities of every member."""
+        flip = self.tta_flip if tta_flip is None else tta_flip
+        return np.stack([member_probabilities(m, images, s["mean"], s["std"], flip, torch.device(device))
+                         for m, s in zip(self.members, self.states)])
+
+    def predict_proba(self, images: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
+        """(N, C) ensemble probabilities for uint8 images (N, H, W)."""
+        return combine(self.member_probabilities(images, device), self.method, self.weights)
+
+    def save(self, path: Path) -> None:
+        """One self-contained file of tensors and plain values: loads with weights_only=True."""
+        state = {"members": self.states, "method": self.method, "weights": torch.from_numpy(self.weights),
+                 "tta_flip": self.tta_flip, "classes": self.classes, "image_shape": list(self.image_shape)}
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Ensemble:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        members = []
+        for member in state["members"]:
+            model = nets.build(member["net"], len(member["classes"]), tuple(member["image_shape"]))
+            model.load_state_dict(member["state_dict"])
+            members.append(model.eval())
+        return cls(members, state["members"], state["method"], state["weights"].numpy(), state["tta_flip"],
+                   state["classes"], tuple(state["image_shape"]))
+
+
+def build_ensemble(member_paths: list[Path], cfg: EnsembleConfig) -> Ensemble:
+    """Load the members and check they agree on classes and image size."""
+    loaded = [load_member(path) for path in member_paths]
+    first = loaded[0][1]
+    for path, (_, state) in zip(member_paths, loaded):
+        if state["classes"] != first["classes"] or state["image_shape"] != first["image_shape"]:
+            raise StageError(f"{path}: classes/image size {state['classes']} {state['image_shape']} differ from "
+                             f"{member_paths[0]}: {first['classes']} {first['image_shape']}; retrain the members")
+    weights = member_weights([state["val_accuracy"] for _, state in loaded], cfg.method)
+    return Ensemble([m for m, _ in loaded], [s for _, s in loaded], cfg.method, weights, cfg.tta_flip,
+                    first["classes"], tuple(first["image_shape"]))
+
+
+def validation_accuracies(ensemble: Ensemble, data_dir: Path, device: torch.device) -> dict[str, float]:
+    """Each member on its own validation split, with and without flip TTA: the TTA decision without the test set."""
+    images, labels = np.load(data_dir / "images.npy"), np.load(data_dir / "labels.npy")
+    is_val = np.load(data_dir / "is_val.npy")
+    plain, flipped = [], []
+    for model, state in zip(ensemble.members, ensemble.states):
+        val = is_val[state["split"]]
+        for tta, scores in ((False, plain), (True, flipped)):
+            probs = member_probabilities(model, images[val], state["mean"], state["std"], tta, device)
+            scores.append(float((probs.argmax(1) == labels[val]).mean()))
+    return {"member_val_accuracy_mean": float(np.mean(plain)),
+            "member_val_accuracy_mean_flip_tta": float(np.mean(flipped)),
+            "flip_tta_gain": float(np.mean(flipped) - np.mean(plain))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models-dir", type=Path, required=True, help="train's <member>.pt files")
+    parser.add_argument("--data", type=Path, required=True, help="preprocess's training directory")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    args = parser.parse_args()
+    params = load_params()
+    cfg = params.ensemble
+    set_threads(params.train.threads)
+    device = pick_device(params.train.device)
+    section = {"ensemble": cfg.model_dump(), "members": {k: v.model_dump() for k, v in params.members.items()}}
+    with tracking.stage_run("ensemble", section, experiment=params.dataset.name) as run:
+        # Members from params, not a glob: a member removed from params may have left its file behind.
+        ensemble = build_ensemble([args.models_dir / f"{name}.pt" for name in params.members], cfg)
+        ensemble.save(args.out)
+        summary = {"members": len(ensemble.members), **dict(zip(
+            [f"weight_{s['member']}" for s in ensemble.states], np.round(ensemble.weights, 6).tolist())),
+            **{k: round(v, 6) for k, v in validation_accuracies(ensemble, args.data, device).items()}}
+        log.info("%d members, %s voting%s; flip TTA on validation: %+.2f points", len(ensemble.members),
+                 cfg.method, " + flip TTA" if cfg.tta_flip else "", 100 * summary["flip_tta_gain"])
+        write_json(args.metrics, summary)
+        run.log_metrics(summary)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,129 @@
+"""Ensemble voting, evaluation metrics, pictures, and prediction input handling."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import confusion_matrix
+
+from stages import nets
+from stages.common import StageError
+from stages.ensemble import Ensemble, combine, member_weights
+from stages.evaluate import accuracy, calibration, check_compatible, draw, log_loss, score
+from stages.config import Evaluate
+from stages.predict import as_images, convert_like_fashion_mnist, load_images, prediction_frame
+
+RNG = np.random.default_rng(0)
+
+
+def random_probs(m, n, c):
+    logits = RNG.normal(size=(m, n, c))
+    return np.exp(logits) / np.exp(logits).sum(axis=2, keepdims=True)
+
+
+def test_soft_voting_of_identical_members_equals_the_member():
+    member = random_probs(1, 50, 10)[0]
+    for method in ("soft", "weighted"):
+        np.testing.assert_allclose(combine(np.stack([member] * 4), method, np.array([0.9, 0.8, 0.7, 0.95])), member)
+
+
+def test_hard_voting_counts_votes():
+    probs = np.array([[[0.6, 0.4]], [[0.7, 0.3]], [[0.1, 0.9]]])
+    np.testing.assert_allclose(combine(probs, "hard"), [[2 / 3, 1 / 3]])
+
+
+def test_weighted_voting_follows_the_weights():
+    probs = np.array([[[1.0, 0.0]], [[0.0, 1.0]]])
+    np.testing.assert_allclose(combine(probs, "weighted", np.array([3.0, 1.0])), [[0.75, 0.25]])
+    np.testing.assert_allclose(member_weights([0.9, 0.9], "weighted"), [0.5, 0.5])
+
+
+def test_perfect_predictions_score_one_with_a_diagonal_confusion_matrix():
+    labels = np.arange(100) % 10
+    perfect = np.eye(10)[labels]
+    assert accuracy(perfect, labels) == 1.0
+    assert log_loss(perfect, labels) == pytest.approx(0.0, abs=1e-12)
+    matrix = confusion_matrix(labels, perfect.argmax(1))
+    assert (matrix == np.diag(np.diag(matrix))).all() and np.diag(matrix).sum() == 100
+    ece, _ = calibration(perfect, labels, 15)
+    assert ece == pytest.approx(0.0)
+
+
+def test_overconfident_wrong_predictions_have_high_calibration_error():
+    labels = np.zeros(100, dtype=int)
+    wrong = np.tile([0.0, 1.0], (100, 1))
+    ece, bins = calibration(wrong, labels, 10)
+    assert ece == pytest.approx(1.0) and bins["counts"][-1] == 100
+
+
+def test_score_reports_members_mean_std_and_the_ensemble_gain():
+    labels = np.arange(6) % 3
+    right, wrong = np.eye(3)[labels], np.eye(3)[(labels + 1) % 3]
+    members = np.stack([right, right * 0.6 + wrong * 0.4, right * 0.4 + wrong * 0.6])
+    report = score(members, combine(members, "soft"), labels, ["a", "b", "c"], ["x", "y", "z"], 10)
+    assert report["members_accuracy_mean"] == pytest.approx(2 / 3, abs=1e-6)
+    assert report["members_accuracy_std"] == pytest.approx(np.std([1, 1, 0], ddof=1), abs=1e-6)
+    assert report["ensemble_accuracy"] == 1.0 and report["ensemble_gain_over_best_member"] == 0.0
+    assert report["member_c_accuracy"] == 0.0 and set(report["per_class_f1"]) == {"x", "y", "z"}
+
+
+def tiny_ensemble(classes=("a", "b", "c")) -> Ensemble:
+    torch.manual_seed(0)
+    model = nets.build("fast", len(classes), (28, 28)).eval()
+    state = {"net": "fast", "classes": list(classes), "image_shape": [28, 28], "mean": torch.tensor(0.3),
+             "std": torch.tensor(0.3), "member": "m0", "split": 0, "state_dict": model.state_dict()}
+    return Ensemble([model], [state], "soft", np.ones(1), False, list(classes), (28, 28))
+
+
+def test_evaluation_refuses_a_model_for_other_classes(tmp_path):
+    with pytest.raises(StageError, match=r"model classes \['a', 'b', 'c'\] do not match dataset.classes"):
+        check_compatible(tiny_ensemble(), tmp_path / "e.pt", ["a", "b", "d"], [28, 28], np.zeros((1, 28, 28)))
+    with pytest.raises(StageError, match=r"model expects images of \[28, 28\], dataset has \[32, 32\]"):
+        check_compatible(tiny_ensemble(), tmp_path / "e.pt", ["a", "b", "c"], [32, 32], np.zeros((1, 32, 32)))
+
+
+def test_ensemble_file_round_trips_with_weights_only(tmp_path):
+    ensemble = tiny_ensemble()
+    ensemble.save(tmp_path / "e.pt")
+    loaded = Ensemble.load(tmp_path / "e.pt")
+    images = RNG.integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    np.testing.assert_allclose(loaded.predict_proba(images), ensemble.predict_proba(images), rtol=1e-5)
+    assert loaded.classes == ["a", "b", "c"]
+
+
+def test_pictures_are_written_and_non_empty(tmp_path):
+    labels = np.arange(60) % 3
+    probs = random_probs(1, 60, 3)[0]
+    images = RNG.integers(0, 256, (60, 28, 28), dtype=np.uint8)
+    scores = {"precision": np.full(3, 0.5), "recall": np.full(3, 0.6), "f1": np.full(3, 0.55)}
+    paths = draw(tmp_path, images, labels, probs, scores, ["a", "b", "c"],
+                 Evaluate(ece_bins=10, mistakes=12, sprite_per_class=4), "test")
+    assert len(paths) == 5
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000, path
+
+
+def test_photo_is_converted_the_fashion_mnist_way(tmp_path):
+    photo = Image.new("RGB", (300, 200), "white")
+    photo.paste((40, 40, 40), (50, 80, 250, 120))  # a dark 200x40 product on white
+    converted = convert_like_fashion_mnist(photo)
+    assert converted.shape == (28, 28) and converted.dtype == np.uint8
+    # trimmed, scaled to 28 wide, centred: light object rows 11-16 on a black background
+    assert converted[0].max() == 0 and converted[27].max() == 0
+    assert converted[14].min() > 180 and converted[:, 0].max() > 180
+    photo.save(tmp_path / "p.png")
+    images, names = load_images([tmp_path / "p.png"], (28, 28))
+    assert images.shape == (1, 28, 28) and names == [str(tmp_path / "p.png")]
+
+
+def test_model_input_accepts_images_or_flat_pixels_and_refuses_others():
+    flat = RNG.integers(0, 256, (2, 784))
+    assert as_images(flat, (28, 28)).shape == (2, 28, 28)
+    with pytest.raises(ValueError, match=r"expected images of shape \(N, 28, 28\) or \(N, 784\), got \(2, 10\)"):
+        as_images(np.zeros((2, 10)), (28, 28))
+    with pytest.raises(ValueError, match="pixel values in"):
+        as_images(np.full((1, 28, 28), 300), (28, 28))
+
+
+def test_prediction_frame_names_the_class():
+    frame = prediction_frame(np.array([[0.1, 0.9], [0.8, 0.2]]), ["cat", "dog"])
+    assert frame["class"].tolist() == ["dog", "cat"] and frame["probability"].tolist() == [0.9, 0.8]
