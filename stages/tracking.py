@@ -19,7 +19,7 @@ from stages.common import StageError, digest, repo_root
 
 log = logging.getLogger("stages.tracking")
 # MLflow nudges towards typed predict() for schema inference; our signature comes from an input example.
-warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning, module="mlflow")
+warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning)
 
 # MLflow's own defaults retry an unreachable server for minutes; a stage should fail fast and say why.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}

@@ -125,7 +125,7 @@ def small_profile(repo: Path) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def test_a_member_trains_in_a_small_profile(repo):
+def test_a_member_trains_in_a_small_profile(repo, monkeypatch):
     small_profile(repo)
     assert ran(sh(repo, "dvc", "repro", "train@m0")) == ["preprocess", "train@m0"]
     import torch
@@ -140,6 +140,7 @@ def test_a_member_trains_in_a_small_profile(repo):
     client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2]
     assert run.data.tags["device"] == "cpu" and run.data.tags["member"] == "m0"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo / 'mlflow.db'}")
     model_info = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model")
     assert model_info.signature is not None
 
