@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import subprocess
-import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,6 @@ from mlflow.exceptions import MlflowException
 from stages.common import StageError, digest, repo_root
 
 log = logging.getLogger("stages.tracking")
-# MLflow nudges towards typed predict() for schema inference; our signature comes from an input example.
-warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning)
 
 # MLflow's own defaults retry an unreachable server for minutes; a stage should fail fast and say why.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
@@ -150,12 +147,15 @@ class StageRun:
 class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
     """MLflow's view of models/ensemble.pt: images in, a DataFrame of class and probabilities out."""
 
+    # The signature comes from an input example; without this MLflow warns that predict() has no type hints.
+    _skip_type_hint_validation = True
+
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         from stages.ensemble import Ensemble  # late: stages.ensemble imports this module
 
         self.ensemble = Ensemble.load(context.artifacts["ensemble"])
 
-    def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints as a schema
+    def predict(self, context, model_input, params=None):
         from stages.predict import as_images, prediction_frame  # late, as above
 
         images = as_images(model_input, tuple(self.ensemble.image_shape))
