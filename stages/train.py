@@ -155,6 +155,8 @@ def fit(
             result = FitResult(state["best_state"], state["best_epoch"], state["history"])
             start_epoch = state["epoch"] + 1
             log.info("resuming from %s after epoch %d", checkpoint, state["epoch"])
+            for row in result.history:  # so this run's record (MLflow) holds every epoch, not just the new ones
+                on_epoch(row)
         else:
             log.info("ignoring %s: written for other params or data", checkpoint)
 

@@ -81,7 +81,10 @@ def test_kill_and_resume_ends_with_the_same_weights(tmp_path, ema_decay):
     with pytest.raises(Killed):
         train_tiny(cfg, seed=5, checkpoint=checkpoint, fingerprint="f", on_epoch=die_in_epoch_2)
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
-    resumed, result = train_tiny(cfg, seed=99, checkpoint=checkpoint, fingerprint="f")  # seed unused on resume
+    reported = []
+    resumed, result = train_tiny(cfg, seed=99, checkpoint=checkpoint, fingerprint="f",  # seed unused on resume
+                                 on_epoch=reported.append)
+    assert [row["epoch"] for row in reported] == [1, 2, 3]  # restored epochs are reported again
     for (name, a), b in zip(uninterrupted.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     assert [r["val_loss"] for r in result.history] == [r["val_loss"] for r in full.history]
