@@ -55,14 +55,14 @@ def per_class_bars(scores: dict[str, np.ndarray], classes: list[str], path: Path
 
 def reliability_diagram(confidence: np.ndarray, accuracy: np.ndarray, counts: np.ndarray, ece: float,
                         path: Path) -> None:
-    """Accuracy against confidence per bin; the gap to the diagonal is miscalibration."""
+    """Accuracy per confidence bin next to the bin's mean confidence; the gap between them is miscalibration."""
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True, height_ratios=[3, 1])
     edges = np.linspace(0, 1, len(counts) + 1)
     centers = (edges[:-1] + edges[1:]) / 2
     filled = counts > 0
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
     ax.bar(centers[filled], accuracy[filled], width=1 / len(counts), edgecolor="black", alpha=0.7, label="accuracy")
-    ax.plot(confidence[filled], accuracy[filled], "o-", color="C3", label="mean confidence")
+    ax.plot(centers[filled], confidence[filled], "o", color="C3", label="mean confidence in bin")
     ax.set_ylabel("accuracy")
     ax.set_title(f"Reliability (ECE {100 * ece:.2f}%)")
     ax.legend(loc="upper left")
