@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from stages import nets, tracking
-from stages.common import StageError, atomic_path, run_main, write_json
+from stages.common import StageError, run_main, write_json
 from stages.config import EnsembleConfig, load_params
 from stages.device import pick_device, set_threads
-from stages.train import load_member
+from stages.train import Normalizer, load_member, save_checkpoint
 
 log = logging.getLogger("stages.ensemble")
 # Hard votes give some classes probability 0; log-loss needs a floor.
@@ -48,11 +48,10 @@ def member_probabilities(model: nn.Module, images: np.ndarray, mean: torch.Tenso
                          tta_flip: bool, device: torch.device, batch_size: int = 2048) -> np.ndarray:
     """Softmax outputs of one member for uint8 images (N, H, W); with tta_flip, averaged with the mirror image."""
     model.eval().to(device)
-    mean, std = mean.to(device), std.to(device)
+    norm = Normalizer(mean.to(device), std.to(device), channels_last=True)
     out = []
     for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device).unsqueeze(1)
-        x = ((x.float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
+        x = norm(torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device).unsqueeze(1))
         p = model(x).float().softmax(1)
         if tta_flip:
             p = (p + model(x.flip(-1)).float().softmax(1)) / 2
@@ -84,10 +83,9 @@ class Ensemble:
 
     def save(self, path: Path) -> None:
         """One self-contained file of tensors and plain values: loads with weights_only=True."""
-        state = {"members": self.states, "method": self.method, "weights": torch.from_numpy(self.weights),
-                 "tta_flip": self.tta_flip, "classes": self.classes, "image_shape": list(self.image_shape)}
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
+        save_checkpoint(path, {"members": self.states, "method": self.method,
+                               "weights": torch.from_numpy(self.weights), "tta_flip": self.tta_flip,
+                               "classes": self.classes, "image_shape": list(self.image_shape)})
 
     @classmethod
     def load(cls, path: str | Path) -> Ensemble:
