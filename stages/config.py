@@ -122,6 +122,15 @@ class Evaluate(Section):
     sprite_per_class: int = Field(ge=1, le=50, description="sample images per class in the sprite")
 
 
+class Gate(Section):
+    metric: str = Field(min_length=1, description="metric name as in metrics/*.json (flattened with dots)")
+    max_worsening: float = Field(ge=0, description="largest allowed change for the worse, in the metric's units")
+
+
+class Report(Section):
+    gates: list[Gate]
+
+
 MemberName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")]
 
 
@@ -134,6 +143,7 @@ class Params(Section):
     members: dict[MemberName, Member] = Field(min_length=1)
     ensemble: EnsembleConfig
     evaluate: Evaluate
+    report: Report
 
     @model_validator(mode="after")
     def _splits_exist(self) -> Params:

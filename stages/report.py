@@ -1,0 +1,131 @@
+"""report: what a change did to the numbers, as Markdown for a pull request, from DVC's own
+`dvc metrics diff --json` and `dvc params diff --json`; with --fail-on-regression, a gate that exits 1 when a
+metric got worse by more than its tolerance in params.yaml (`report.gates`).
+
+    python -m stages.report                          # merge base with main vs the workspace
+    python -m stages.report --base HEAD~1 --out report.md --fail-on-regression
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from stages.common import StageError, run_main
+from stages.config import Gate, load_params
+
+# Metrics where smaller is better; every other metric is taken as larger-is-better.
+LOWER_IS_BETTER = ("loss", "ece", "seconds", "imbalance")
+
+
+def lower_is_better(metric: str) -> bool:
+    return any(word in metric for word in LOWER_IS_BETTER)
+
+
+def dvc_json(*args: str) -> dict:
+    """Run a `dvc ... --json` command and decode its output; a failure names the command."""
+    done = subprocess.run(["dvc", *args, "--json"], capture_output=True, text=True)
+    if done.returncode:
+        raise StageError(f"`dvc {' '.join(args)} --json` failed: {done.stderr.strip() or done.stdout.strip()}")
+    return json.loads(done.stdout or "{}")
+
+
+def merge_base(branch: str = "main") -> str:
+    done = subprocess.run(["git", "merge-base", "HEAD", branch], capture_output=True, text=True)
+    if done.returncode:
+        raise StageError(f"no merge base of HEAD and {branch!r}: {done.stderr.strip()}; pass --base REV")
+    return done.stdout.strip()
+
+
+def metric_rows(metrics_diff: dict) -> list[dict]:
+    """Flatten `dvc metrics diff --json` into rows; numbers only, as DVC compares them."""
+    rows = []
+    for path, metrics in sorted(metrics_diff.items()):
+        for name, values in sorted(metrics.items()):
+            old, new = values.get("old"), values.get("new")
+            if isinstance(old, (int, float)) or isinstance(new, (int, float)):
+                rows.append({"path": path, "metric": name, "old": old, "new": new, "diff": values.get("diff")})
+    return rows
+
+
+def arrow(row: dict) -> str:
+    """Direction and verdict of a change: up/down, and whether that is better or worse for this metric."""
+    diff = row["diff"]
+    if not isinstance(diff, (int, float)) or diff == 0:
+        return ""
+    better = (diff < 0) == lower_is_better(row["metric"])
+    return f"{'▲' if diff > 0 else '▼'} {'better' if better else 'worse'}"
+
+
+def regressions(rows: list[dict], gates: list[Gate]) -> list[str]:
+    """Each gated metric that got worse by more than its tolerance, as a sentence."""
+    found = []
+    for gate in gates:
+        for row in rows:
+            if row["metric"] != gate.metric or not isinstance(row["diff"], (int, float)):
+                continue
+            worse_by = row["diff"] if lower_is_better(gate.metric) else -row["diff"]
+            if worse_by > gate.max_worsening:
+                found.append(f"{row['path']}: {gate.metric} got worse by {worse_by:.6g} "
+                             f"({row['old']} -> {row['new']}), more than the allowed {gate.max_worsening:g}")
+    return found
+
+
+def fmt(value) -> str:
+    return "—" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def markdown(base: str, rows: list[dict], params_diff: dict, plots: list[str], failed: list[str]) -> str:
+    """The report: metrics table, params diff, changed plots, gate verdict."""
+    lines = [f"## Pipeline report: `{base[:12]}` → workspace", ""]
+    if rows:
+        lines += ["| file | metric | old | new | change | |", "| --- | --- | ---: | ---: | ---: | --- |"]
+        lines += [f"| {r['path']} | {r['metric']} | {fmt(r['old'])} | {fmt(r['new'])} | {fmt(r['diff'])} | {arrow(r)} |"
+                  for r in rows]
+    else:
+        lines.append("No metric changed.")
+    lines += ["", "### Params", ""]
+    changed = [(path, name, v.get("old"), v.get("new")) for path, params in sorted(params_diff.items())
+               for name, v in sorted(params.items())]
+    if changed:
+        lines += ["| file | param | old | new |", "| --- | --- | --- | --- |"]
+        lines += [f"| {path} | {name} | {fmt(old)} | {fmt(new)} |" for path, name, old, new in changed]
+    else:
+        lines.append("No param changed.")
+    if plots:
+        lines += ["", "### Changed plots", "", *[f"- `{path}`" for path in plots]]
+    lines += ["", "### Regression gate", ""]
+    lines += [f"- ❌ {line}" for line in failed] if failed else ["✅ no gated metric regressed beyond its tolerance"]
+    return "\n".join(lines) + "\n"
+
+
+def changed_plots(base: str) -> list[str]:
+    """Plot files (images and plot data) that differ between `base` and the workspace."""
+    done = subprocess.run(["git", "diff", "--name-only", base, "--", "plots", "metrics/evaluate", "metrics/history"],
+                          capture_output=True, text=True)
+    return done.stdout.split()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", help="git revision to compare with (default: merge base with main)")
+    parser.add_argument("--out", type=Path, help="write the Markdown here (default: print it)")
+    parser.add_argument("--fail-on-regression", action="store_true", help="exit 1 if a gated metric regressed")
+    args = parser.parse_args()
+    gates = load_params().report.gates
+    base = args.base or merge_base()
+    rows = metric_rows(dvc_json("metrics", "diff", base))
+    failed = regressions(rows, gates)
+    text = markdown(base, rows, dvc_json("params", "diff", base), changed_plots(base), failed)
+    if args.out:
+        args.out.write_text(text)
+    else:
+        sys.stdout.write(text)
+    if failed and args.fail_on_regression:
+        raise StageError("regression gate failed:\n  " + "\n  ".join(failed))
+
+
+if __name__ == "__main__":
+    run_main(main)
