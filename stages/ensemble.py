@@ -45,18 +45,20 @@ def member_weights(val_accuracies: list[float], method: str) -> np.ndarray:
 
 @torch.no_grad()
 def member_probabilities(model: nn.Module, images: np.ndarray, mean: torch.Tensor, std: torch.Tensor,
-                         tta_flip: bool, device: torch.device, batch_size: int = 2048) -> np.ndarray:
-    """Softmax outputs of one member for uint8 images (N, H, W); with tta_flip, averaged with the mirror image."""
+                         device: torch.device, mirrored: bool = False, batch_size: int = 2048) -> np.ndarray:
+    """Softmax outputs of one member for uint8 images (N, H, W), or for their mirror images."""
     model.eval().to(device)
     norm = Normalizer(mean.to(device), std.to(device), channels_last=True)
     out = []
     for start in range(0, len(images), batch_size):
         x = norm(torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device).unsqueeze(1))
-        p = model(x).float().softmax(1)
-        if tta_flip:
-            p = (p + model(x.flip(-1)).float().softmax(1)) / 2
-        out.append(p.cpu().numpy())
+        out.append(model(x.flip(-1) if mirrored else x).float().softmax(1).cpu().numpy())
     return np.concatenate(out).astype(np.float64)
+
+
+def with_flip_tta(plain: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
+    """Flip test-time augmentation: the mean of the predictions for the images and their mirror images."""
+    return (plain + mirrored) / 2
 
 
 @dataclass
@@ -71,15 +73,17 @@ class Ensemble:
     image_shape: tuple[int, int]
 
     def member_probabilities(self, images: np.ndarray, device: torch.device | str = "cpu",
-                             tta_flip: bool | None = None) -> np.ndarray:
-        """(M, N, C) probabilities of every member."""
-        flip = self.tta_flip if tta_flip is None else tta_flip
-        return np.stack([member_probabilities(m, images, s["mean"], s["std"], flip, torch.device(device))
+                             mirrored: bool = False) -> np.ndarray:
+        """(M, N, C) probabilities of every member for the images, or for their mirror images."""
+        return np.stack([member_probabilities(m, images, s["mean"], s["std"], torch.device(device), mirrored)
                          for m, s in zip(self.members, self.states)])
 
     def predict_proba(self, images: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
-        """(N, C) ensemble probabilities for uint8 images (N, H, W)."""
-        return combine(self.member_probabilities(images, device), self.method, self.weights)
+        """(N, C) ensemble probabilities for uint8 images (N, H, W), with flip TTA when the ensemble uses it."""
+        probs = self.member_probabilities(images, device)
+        if self.tta_flip:
+            probs = with_flip_tta(probs, self.member_probabilities(images, device, mirrored=True))
+        return combine(probs, self.method, self.weights)
 
     def save(self, path: Path) -> None:
         """One self-contained file of tensors and plain values: loads with weights_only=True."""
@@ -119,9 +123,10 @@ def validation_accuracies(ensemble: Ensemble, data_dir: Path, device: torch.devi
     plain, flipped = [], []
     for model, state in zip(ensemble.members, ensemble.states):
         val = is_val[state["split"]]
-        for tta, scores in ((False, plain), (True, flipped)):
-            probs = member_probabilities(model, images[val], state["mean"], state["std"], tta, device)
-            scores.append(float((probs.argmax(1) == labels[val]).mean()))
+        probs = member_probabilities(model, images[val], state["mean"], state["std"], device)
+        mirrored = member_probabilities(model, images[val], state["mean"], state["std"], device, mirrored=True)
+        plain.append(float((probs.argmax(1) == labels[val]).mean()))
+        flipped.append(float((with_flip_tta(probs, mirrored).argmax(1) == labels[val]).mean()))
     return {"member_val_accuracy_mean": float(np.mean(plain)),
             "member_val_accuracy_mean_flip_tta": float(np.mean(flipped)),
             "flip_tta_gain": float(np.mean(flipped) - np.mean(plain))}

@@ -15,7 +15,7 @@ from stages import figures, tracking
 from stages.common import StageError, atomic_path, run_main, write_json
 from stages.config import load_params
 from stages.device import pick_device, set_threads
-from stages.ensemble import MIN_PROBABILITY, Ensemble, combine
+from stages.ensemble import MIN_PROBABILITY, Ensemble, combine, with_flip_tta
 
 log = logging.getLogger("stages.evaluate")
 
@@ -41,15 +41,20 @@ def calibration(probs: np.ndarray, labels: np.ndarray, bins: int) -> tuple[float
     return ece, {"confidence": mean_confidence, "accuracy": bin_accuracy, "counts": counts}
 
 
+def per_class_scores(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 and support for every class, in class order."""
+    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=range(n_classes),
+                                                                     zero_division=0)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support}
+
+
 def score(member_probs: np.ndarray, ensemble_probs: np.ndarray, labels: np.ndarray, member_names: list[str],
-          classes: list[str], bins: int) -> dict:
-    """Headline numbers, flat so `dvc metrics diff` reads well, plus per-class F1."""
+          classes: list[str], f1: np.ndarray, bins: int) -> dict:
+    """Headline numbers, flat so `dvc metrics diff` reads well, plus the ensemble's per-class F1."""
     member_acc = np.array([accuracy(p, labels) for p in member_probs])
     member_loss = np.array([log_loss(p, labels) for p in member_probs])
     ensemble_acc = accuracy(ensemble_probs, labels)
     ece, _ = calibration(ensemble_probs, labels, bins)
-    _, _, f1, _ = precision_recall_fscore_support(labels, ensemble_probs.argmax(1), labels=range(len(classes)),
-                                                  zero_division=0)
     report = {
         "ensemble_accuracy": ensemble_acc,
         "ensemble_log_loss": log_loss(ensemble_probs, labels),
@@ -81,10 +86,9 @@ def check_compatible(ensemble: Ensemble, model_path: Path, classes: list[str], i
                          f"{list(images.shape[1:])} (dataset.image_shape {image_shape})")
 
 
-def write_tables(out_dir: Path, labels: np.ndarray, predicted: np.ndarray, classes: list[str]) -> dict:
-    """predictions.csv (for DVC's confusion template) and per_class.csv; returns the per-class scores."""
-    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=range(len(classes)),
-                                                                     zero_division=0)
+def write_tables(out_dir: Path, labels: np.ndarray, predicted: np.ndarray, classes: list[str],
+                 scores: dict[str, np.ndarray]) -> None:
+    """predictions.csv (for DVC's confusion template) and per_class.csv."""
     with atomic_path(out_dir / "predictions.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["actual", "predicted"])
@@ -92,9 +96,8 @@ def write_tables(out_dir: Path, labels: np.ndarray, predicted: np.ndarray, class
     with atomic_path(out_dir / "per_class.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["class", "precision", "recall", "f1", "support"])
-        for row in zip(classes, precision, recall, f1, support):
+        for row in zip(classes, scores["precision"], scores["recall"], scores["f1"], scores["support"]):
             writer.writerow([row[0], *(round(float(v), 6) for v in row[1:4]), int(row[4])])
-    return {"precision": precision, "recall": recall, "f1": f1}
 
 
 def draw(plots: Path, images: np.ndarray, labels: np.ndarray, probs: np.ndarray, scores: dict, classes: list[str],
@@ -133,17 +136,21 @@ def main() -> None:
     classes = list(params.dataset.classes)
     check_compatible(ensemble, args.model, classes, params.dataset.image_shape, images)
     with tracking.stage_run("evaluate", params.model_dump(), experiment=params.dataset.name) as run:
-        member_probs = ensemble.member_probabilities(images, device)
+        # Both views once: the ensemble's own setting is the headline, the other one measures flip TTA.
+        plain = ensemble.member_probabilities(images, device)
+        flip_tta = with_flip_tta(plain, ensemble.member_probabilities(images, device, mirrored=True))
+        member_probs, other = (flip_tta, plain) if ensemble.tta_flip else (plain, flip_tta)
         ensemble_probs = combine(member_probs, ensemble.method, ensemble.weights)
         names = [state["member"] for state in ensemble.states]
-        report = score(member_probs, ensemble_probs, labels, names, classes, params.evaluate.ece_bins)
-        other_tta = combine(ensemble.member_probabilities(images, device, tta_flip=not ensemble.tta_flip),
-                            ensemble.method, ensemble.weights)
-        report["ensemble_accuracy_other_tta"] = round(accuracy(other_tta, labels), 6)
+        scores = per_class_scores(labels, ensemble_probs.argmax(1), len(classes))
+        report = score(member_probs, ensemble_probs, labels, names, classes, scores["f1"], params.evaluate.ece_bins)
+        report["ensemble_accuracy_other_tta"] = round(accuracy(combine(other, ensemble.method, ensemble.weights),
+                                                               labels), 6)
         write_json(args.metrics, report)
-        scores = write_tables(args.tables, labels, ensemble_probs.argmax(1), classes)
+        write_tables(args.tables, labels, ensemble_probs.argmax(1), classes, scores)
         title = f"{len(names)}-member {ensemble.method} ensemble"
-        pictures = draw(args.plots, images, labels, ensemble_probs, scores, classes, params.evaluate, title)
+        bars = {name: scores[name] for name in ("precision", "recall", "f1")}
+        pictures = draw(args.plots, images, labels, ensemble_probs, bars, classes, params.evaluate, title)
         log.info("ensemble %.2f%% | members %.2f +/- %.2f%% | gain over best member %+.2f points",
                  100 * report["ensemble_accuracy"], 100 * report["members_accuracy_mean"],
                  100 * report["members_accuracy_std"], 100 * report["ensemble_gain_over_best_member"])

@@ -8,7 +8,7 @@ from sklearn.metrics import confusion_matrix
 from stages import nets
 from stages.common import StageError
 from stages.ensemble import Ensemble, combine, member_weights
-from stages.evaluate import accuracy, calibration, check_compatible, draw, log_loss, score
+from stages.evaluate import accuracy, calibration, check_compatible, draw, log_loss, per_class_scores, score
 from stages.config import Evaluate
 from stages.predict import as_images, convert_like_fashion_mnist, load_images, prediction_frame
 
@@ -59,7 +59,9 @@ def test_score_reports_members_mean_std_and_the_ensemble_gain():
     labels = np.arange(6) % 3
     right, wrong = np.eye(3)[labels], np.eye(3)[(labels + 1) % 3]
     members = np.stack([right, right * 0.6 + wrong * 0.4, right * 0.4 + wrong * 0.6])
-    report = score(members, combine(members, "soft"), labels, ["a", "b", "c"], ["x", "y", "z"], 10)
+    ensemble_probs = combine(members, "soft")
+    f1 = per_class_scores(labels, ensemble_probs.argmax(1), 3)["f1"]
+    report = score(members, ensemble_probs, labels, ["a", "b", "c"], ["x", "y", "z"], f1, 10)
     assert report["members_accuracy_mean"] == pytest.approx(2 / 3, abs=1e-6)
     assert report["members_accuracy_std"] == pytest.approx(np.std([1, 1, 0], ddof=1), abs=1e-6)
     assert report["ensemble_accuracy"] == 1.0 and report["ensemble_gain_over_best_member"] == 0.0
@@ -88,6 +90,14 @@ def test_ensemble_file_round_trips_with_weights_only(tmp_path):
     images = RNG.integers(0, 256, (4, 28, 28), dtype=np.uint8)
     np.testing.assert_allclose(loaded.predict_proba(images), ensemble.predict_proba(images), rtol=1e-5)
     assert loaded.classes == ["a", "b", "c"]
+
+
+def test_flip_tta_averages_the_image_and_its_mirror():
+    ensemble = tiny_ensemble()
+    images = RNG.integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    expected = (ensemble.predict_proba(images) + ensemble.predict_proba(images[:, :, ::-1])) / 2
+    ensemble.tta_flip = True
+    np.testing.assert_allclose(ensemble.predict_proba(images), expected, rtol=1e-5)
 
 
 def test_pictures_are_written_and_non_empty(tmp_path):
