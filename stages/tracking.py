@@ -91,6 +91,13 @@ def _experiment_id(name: str, uri: str) -> str:
         return experiment.experiment_id
 
 
+def torch_requirement() -> str:
+    """The running torch as a pip pin, without the local build tag (+cpu, +cu124) that PyPI does not serve."""
+    import torch
+
+    return f"torch=={torch.__version__.split('+')[0]}"
+
+
 class StageRun:
     """The few things a stage logs; keeps mlflow out of the stage modules."""
 
@@ -118,14 +125,13 @@ class StageRun:
         mlflow.pytorch.log_model(
             model, name="model", signature=mlflow.models.infer_signature(example, output), input_example=example,
             # Explicit: skips MLflow's slow requirement inference, and pins the torch that trained it.
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            pip_requirements=[torch_requirement()],
         )
 
     def log_ensemble_model(self, path: Path, example: Any, name: str) -> None:
         """The ensemble file as a registered pyfunc model taking uint8 images (N, H, W); the stages package
         travels with it, so `mlflow models predict` needs no checkout of this repo."""
         import numpy as np
-        import torch
 
         model = EnsemblePyfunc()
         context = mlflow.pyfunc.PythonModelContext(artifacts={"ensemble": str(path)}, model_config={})
@@ -136,7 +142,7 @@ class StageRun:
             name="ensemble", python_model=model, artifacts={"ensemble": str(path)},
             code_paths=[str(Path(__file__).parent)], signature=signature, input_example=example,
             registered_model_name=name,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}",
+            pip_requirements=[torch_requirement(), f"numpy=={np.__version__}",
                               "pandas", "pillow", "pydantic>=2", "pyyaml", "tqdm", "mlflow"],
         )
 

@@ -121,8 +121,9 @@ def main() -> None:
     section = {"dataset": params.dataset.model_dump(), "verify": params.verify.model_dump()}
     with tracking.stage_run("verify", section, experiment=params.dataset.name) as run:
         report = verify_dataset(args.raw, params.dataset, params.verify)
-        write_json(args.metrics, headline(report))
-        run.log_metrics(headline(report))
+        summary = headline(report)
+        write_json(args.metrics, summary)
+        run.log_metrics(summary)
         run.log_dict(report, "verify_report.json")
 
 
