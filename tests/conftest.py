@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,14 @@ FILE_NAMES = {
     "test_images": "t10k-images-idx3-ubyte.gz",
     "test_labels": "t10k-labels-idx1-ubyte.gz",
 }
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment for a command in a test repo: this venv's tools first, no DVC or MLflow settings leaking
+    in from the caller (a test run inside `dvc exp run` or with a team MLFLOW_TRACKING_URI)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
 
 
 def real_params() -> dict:

@@ -1,9 +1,7 @@
 """The real pipeline on the real data, in a temporary git+DVC copy of this repo."""
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -11,7 +9,7 @@ import mlflow
 import pytest
 import yaml
 
-from tests.conftest import ROOT, real_params
+from tests.conftest import ROOT, real_params, subprocess_env
 
 pytestmark = pytest.mark.e2e
 
@@ -21,9 +19,7 @@ if not DEBIAN_DATA.is_dir():
 
 
 def sh(repo: Path, *cmd: str, check: bool = True) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=repo, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     output = done.stdout + done.stderr
     if check and done.returncode:
         raise AssertionError(f"{' '.join(cmd)} exited {done.returncode}:\n{output}")

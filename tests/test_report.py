@@ -1,6 +1,5 @@
 """The PR report and regression gate, on a temporary git + DVC repo with two commits whose metrics differ."""
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import pytest
 
 from stages.config import Gate
 from stages.report import arrow, regressions
-from tests.conftest import ROOT
+from tests.conftest import ROOT, subprocess_env
 
 DVC_YAML = """stages:
   evaluate:
@@ -23,9 +22,7 @@ DVC_YAML = """stages:
 
 
 def run(repo: Path, *cmd: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["PYTHONPATH"] = str(ROOT)
+    env = {**subprocess_env(), "PYTHONPATH": str(ROOT)}
     return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=120)
 
 
