@@ -6,15 +6,24 @@ import json
 import logging
 import os
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import mlflow.pyfunc
+import yaml
+from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
 
+from stages import lineage
 from stages.common import StageError, digest, repo_root
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent first use of one SQLite store is then unguarded
+    fcntl = None
 
 log = logging.getLogger("stages.tracking")
 
@@ -169,22 +178,142 @@ class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
 
 
 @contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialize creating the store, the experiment and a pipeline's parent run between concurrent stages
+    (`dvc queue start -j 2`): SQLite's own locking does not cover MLflow creating its schema twice."""
+    if not uri.startswith("sqlite:///") or fcntl is None:
+        yield
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{database}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run_key(stage: str) -> str:
+    """Stage names such as train@m0 as MLflow metric/tag keys, which allow no '@'."""
+    return stage.replace("@", "/")
+
+
+def _all_params() -> dict[str, Any]:
+    path = Path("params.yaml")
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def _dataset_input(params: Mapping[str, Any]) -> Any:
+    """The dataset as an MLflow input: its digest is that of the decoded files' SHA-256s (what verify checks),
+    so two runs on the same bytes show the same dataset whatever mirror served them."""
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    dataset = params.get("dataset") or {}
+    files = dataset.get("files") or {}
+    mirrors = [m.get("location", "") for m in dataset.get("mirrors") or []]
+    source = next((m for m in mirrors if m.startswith(("http://", "https://"))), None) or (
+        (repo_root() / "data" / "raw").as_uri())
+    return MetaDataset(HTTPDatasetSource(source), name=dataset.get("name", "dataset"),
+                       digest=digest({k: v.get("sha256") for k, v in files.items()}))
+
+
+def _pipeline_parent(client: mlflow.MlflowClient, experiment_id: str) -> str:
+    """The parent run of the pipeline execution this stage belongs to: found by its key, else created with the
+    whole params.yaml, the dataset and the code version."""
+    params = _all_params()
+    key = lineage.pipeline_key(_git("rev-parse", "HEAD") or "unknown", json.dumps(params, sort_keys=True))
+    found = client.search_runs([experiment_id], f"tags.pipeline_key = '{key}' and tags.stage = 'pipeline'",
+                               max_results=1)
+    if found:
+        return found[0].info.run_id
+    tags = {**run_tags("pipeline", params), "pipeline_key": key}
+    name = os.environ.get("DVC_EXP_NAME") or "pipeline"
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags) as parent:
+        flat = flatten(params)
+        for start in range(0, len(flat), 100):  # MLflow takes at most 100 params per call
+            mlflow.log_params(dict(list(flat.items())[start:start + 100]))
+        mlflow.log_input(_dataset_input(params), context="train+test")
+    return parent.info.run_id
+
+
+def _metrics_files(outputs: dict[str, dict[str, str]]) -> list[Path]:
+    return sorted({Path(path) for outs in outputs.values() for path in outs
+                   if path.startswith("metrics/") and path.endswith(".json") and Path(path).is_file()})
+
+
+def _producer(client: mlflow.MlflowClient, experiment_id: str, stage: str, outs: Mapping[str, str]) -> str:
+    """'cached <run id>' of the run that wrote the outputs dvc.lock records for a stage DVC did not rerun."""
+    for path, md5 in outs.items():
+        hits = client.search_runs([experiment_id], f"tags.stage = '{stage}' and tags.dvc_outs LIKE '%{path}={md5}%'",
+                                  max_results=1, order_by=["attributes.start_time DESC"])
+        if hits:
+            return f"cached {hits[0].info.run_id}"
+    return "cached (no run in this store wrote its outputs)"
+
+
+def _update_pipeline(client: mlflow.MlflowClient, experiment_id: str, parent_id: str, stage: str, run_id: str,
+                     produced: dict[str, str], status: str) -> None:
+    """Bring the parent's lineage up to date: this stage's run, the producing run of every stage DVC skipped,
+    the digest of all recorded outputs, and every metrics file's numbers, so the pipeline row is complete."""
+    outputs = {**lineage.lock_outputs(), stage: produced}
+    existing = client.get_run(parent_id).data.tags
+    tags = {f"lineage.{_run_key(stage)}": f"{'ran' if status == 'FINISHED' else 'failed'} {run_id}",
+            "dvc_outs_digest": lineage.outputs_digest(outputs)}
+    for other, outs in outputs.items():
+        key = f"lineage.{_run_key(other)}"
+        if other != stage and not existing.get(key, "").startswith(("ran ", "failed ")):
+            tags[key] = _producer(client, experiment_id, other, outs)
+    metrics = {}
+    for path in _metrics_files(outputs):
+        name = _run_key(path.relative_to("metrics").with_suffix("").as_posix())
+        values = flatten(json.loads(path.read_text()))
+        metrics.update({f"{name}/{k}": float(v) for k, v in values.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    now = int(time.time() * 1000)
+    entries = [Metric(k, v, now, 0) for k, v in metrics.items()]
+    for start in range(0, max(len(entries), 1), 1000):
+        client.log_batch(parent_id, metrics=entries[start:start + 1000],
+                         tags=[RunTag(k, v) for k, v in tags.items()] if start == 0 else [])
+    client.set_terminated(parent_id, status=status)
+
+
+@contextlib.contextmanager
 def stage_run(stage: str, params: Mapping[str, Any], experiment: str) -> Iterator[StageRun]:
-    """One MLflow run for one stage execution: params flattened, tags set; FAILED if the stage raises."""
+    """One MLflow run for one stage execution, a child of its pipeline's parent run: params flattened, tags set,
+    FAILED if the stage raises; at the end, the parent's lineage and metrics are brought up to date."""
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment
+    client = mlflow.MlflowClient(uri)
     try:
-        experiment_id = _experiment_id(experiment, uri)
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=run_tags(stage, params))
+        with _store_lock(uri):
+            experiment_id = _experiment_id(experiment, uri)
+            parent_id = _pipeline_parent(client, experiment_id)
+            client.update_run(parent_id, status="RUNNING")
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent_id,
+                               tags={**run_tags(stage, params), "pipeline_key": client.get_run(
+                                   parent_id).data.tags["pipeline_key"]})
     except Exception as exc:  # MLflow raises many types (requests, sqlalchemy, its own) for one cause
         raise TrackingError(
             f"MLflow tracking store {uri} is not usable: {type(exc).__name__}: {exc}\n"
             "Start the server or fix MLFLOW_TRACKING_URI; unset it to use the local store <repo>/mlflow.db."
         ) from None
-    with run:
-        mlflow.log_params(flatten(params))
-        log.info("MLflow run %s (%s) in %s", run.info.run_id, stage, uri)
-        yield StageRun(run.info.run_id)
+    status = "FAILED"
+    produced: dict[str, str] = {}
+    try:
+        with run:
+            mlflow.log_params(flatten(params))
+            log.info("MLflow run %s (%s) in %s", run.info.run_id, stage, uri)
+            yield StageRun(run.info.run_id)
+            # The md5s dvc.lock will record for this stage's outputs: how a later pipeline that skips this
+            # stage finds this run as the producer of what it reuses.
+            produced = lineage.output_hashes(lineage.stage_outputs(stage))
+            mlflow.set_tag("dvc_outs", " ".join(f"{path}={md5}" for path, md5 in produced.items()))
+            status = "FINISHED"
+    finally:
+        with _store_lock(uri):
+            _update_pipeline(client, experiment_id, parent_id, stage, run.info.run_id, produced, status)

@@ -46,10 +46,24 @@ def ran(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
-def runs(repo: Path) -> list:
+def all_runs(repo: Path) -> list:
     client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("fashion-mnist")
     return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def runs(repo: Path) -> list:
+    """Stage runs, oldest first."""
+    return [r for r in all_runs(repo) if r.data.tags["stage"] != "pipeline"]
+
+
+def pipelines(repo: Path) -> list:
+    """Pipeline (parent) runs, oldest first."""
+    return [r for r in all_runs(repo) if r.data.tags["stage"] == "pipeline"]
+
+
+def children(repo: Path, parent) -> list[str]:
+    return [r.info.run_name for r in runs(repo) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
 
 
 def test_repro_runs_the_data_stages_and_logs_one_run_each(repo):
@@ -66,12 +80,18 @@ def test_repro_runs_the_data_stages_and_logs_one_run_each(repo):
         assert run.info.status == "FINISHED"
         assert run.data.tags["stage"] == run.info.run_name and run.data.tags["git_commit"] == head
         assert len(run.data.tags["params_hash"]) == 16
+    (pipeline,) = pipelines(repo)  # one `dvc repro`, one parent row holding the three stages
+    assert children(repo, pipeline) == ["download", "verify", "preprocess"]
+    assert pipeline.info.status == "FINISHED" and pipeline.data.tags["git_commit"] == head
+    assert {pipeline.data.tags[f"lineage.{r.info.run_name}"] for r in logged} == {f"ran {r.info.run_id}" for r in logged}
+    assert pipeline.data.metrics["preprocess/fit_count"] == 48000 and pipeline.data.params["preprocess.seed"] == "42"
+    assert pipeline.inputs.dataset_inputs[0].dataset.name == "fashion-mnist"
 
 
 def test_second_repro_reruns_nothing(repo):
     output = sh(repo, "dvc", "repro", "preprocess")
     assert ran(output) == [] and "up to date" in output
-    assert len(runs(repo)) == 3
+    assert len(all_runs(repo)) == 4
 
 
 def test_changing_a_preprocess_param_reruns_preprocess_only(repo):
@@ -79,6 +99,15 @@ def test_changing_a_preprocess_param_reruns_preprocess_only(repo):
     params["preprocess"]["seed"] = 43
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert ran(sh(repo, "dvc", "repro", "preprocess")) == ["preprocess"]
+    first, second = pipelines(repo)
+    assert children(repo, second) == ["preprocess"]
+    # the stages DVC skipped point at the runs of the first pipeline that produced what this one reused
+    produced = {r.info.run_name: r.info.run_id for r in runs(repo) if r.data.tags["mlflow.parentRunId"]
+                == first.info.run_id}
+    assert second.data.tags["lineage.download"] == f"cached {produced['download']}"
+    assert second.data.tags["lineage.verify"] == f"cached {produced['verify']}"
+    assert second.data.tags["lineage.preprocess"].startswith("ran ")
+    assert second.data.tags["dvc_outs_digest"] != first.data.tags["dvc_outs_digest"]
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "seed 43")
 
@@ -95,21 +124,34 @@ def test_bad_param_fails_before_any_work(repo):
     assert "Traceback" not in output
 
 
-def test_queued_experiment_logs_into_the_root_store(repo):
-    sh(repo, "dvc", "exp", "run", "--queue", "-S", "preprocess.seed=7", "preprocess")
-    sh(repo, "dvc", "queue", "start", "-j", "1")
-    deadline = time.monotonic() + 300
+def test_queued_sweep_runs_two_at_once_into_the_root_store(repo):
+    for subset in (2000, 4000):
+        sh(repo, "dvc", "exp", "run", "--queue", "-n", f"subset-{subset}", "-S", f"preprocess.train_subset={subset}",
+           "preprocess")
+    sh(repo, "dvc", "queue", "start", "-j", "2")
+    deadline = time.monotonic() + 400
     while time.monotonic() < deadline:
         status = sh(repo, "dvc", "queue", "status")
         if "Queued" not in status and "Running" not in status:
             break
         time.sleep(2)
-    assert "Success" in status, status
+    assert status.count("Success") == 2, status
     head = sh(repo, "git", "rev-parse", "HEAD").strip()
-    queued = [r for r in runs(repo) if "dvc_exp_name" in r.data.tags]
-    assert [r.info.run_name for r in queued] == ["preprocess"]
-    assert queued[0].data.tags["dvc_exp_baseline_rev"] == head
-    assert queued[0].data.params["preprocess.seed"] == "7"
+    shown = json.loads(sh(repo, "dvc", "exp", "show", "--json"))
+    exp_fit_counts = {}
+    for experiment in (e for baseline in shown for e in baseline["experiments"] or []):
+        for revision in experiment["revs"]:
+            data = revision["data"]
+            exp_fit_counts[revision["name"]] = data["metrics"]["metrics/preprocess.json"]["data"]["fit_count"]
+    swept = {r.data.tags["dvc_exp_name"]: r for r in pipelines(repo) if "dvc_exp_name" in r.data.tags}
+    assert sorted(swept) == ["subset-2000", "subset-4000"]
+    for name, pipeline in swept.items():
+        assert children(repo, pipeline) == ["preprocess"]  # data stages restored from DVC's cache
+        assert pipeline.data.tags["dvc_exp_baseline_rev"] == head
+        assert pipeline.data.tags["lineage.download"].startswith("cached ")
+        # dvc exp show and MLflow agree on the numbers
+        assert pipeline.data.metrics["preprocess/fit_count"] == exp_fit_counts[name]
+    assert {swept[n].data.metrics["preprocess/fit_count"] for n in swept} == {1600, 3200}
 
 
 def small_profile(repo: Path) -> None:
@@ -153,6 +195,14 @@ def test_ensemble_and_evaluate_end_the_pipeline(repo):
     evaluate = [r for r in runs(repo) if r.info.run_name == "evaluate"][-1]
     assert evaluate.data.params["train.net"] == "fast"  # the whole pipeline's params, for comparing runs
     assert evaluate.data.metrics["ensemble_accuracy"] == pytest.approx(report["ensemble_accuracy"])
+    pipeline = pipelines(repo)[-1]  # the row to compare in `mlflow ui`: complete lineage and metrics
+    assert children(repo, pipeline) == ["train@m1", "ensemble", "evaluate"]
+    lineage = {k.removeprefix("lineage."): v.split()[0] for k, v in pipeline.data.tags.items()
+               if k.startswith("lineage.")}
+    assert lineage == {"download": "cached", "verify": "cached", "preprocess": "cached", "train/m0": "cached",
+                       "train/m1": "ran", "ensemble": "ran", "evaluate": "ran"}
+    assert pipeline.data.metrics["evaluate/ensemble_accuracy"] == pytest.approx(report["ensemble_accuracy"])
+    assert pipeline.data.metrics["train/m0/val_accuracy"] > 0.5
 
 
 def test_registered_model_and_predict_command_agree_on_a_png(repo, tmp_path):

@@ -43,14 +43,47 @@ def test_stage_run_logs_params_metrics_and_tags(monkeypatch, tmp_path):
     assert logged.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
 
 
-def test_failing_stage_leaves_a_failed_run(monkeypatch, tmp_path):
+def test_failing_stage_leaves_a_failed_run_and_a_failed_pipeline(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    with pytest.raises(RuntimeError), tracking.stage_run("train", {}, experiment="tiny"):
+    with pytest.raises(RuntimeError), tracking.stage_run("train", {}, experiment="tiny") as run:
         raise RuntimeError("boom")
-    runs = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(
-        [mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment_by_name("tiny").experiment_id])
-    assert [r.info.status for r in runs] == ["FAILED"]
+    store = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    child = store.get_run(run.run_id)
+    parent = store.get_run(child.data.tags["mlflow.parentRunId"])
+    assert child.info.status == "FAILED" and parent.info.status == "FAILED"
+    assert parent.data.tags["lineage.train"] == f"failed {run.run_id}"
+
+
+def test_stages_of_one_execution_share_a_parent_holding_params_dataset_and_metrics(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(
+        "dataset:\n  name: tiny\n  files: {train_images: {name: a.gz, sha256: abc}}\n"
+        "preprocess: {seed: 3}\n")
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "verify.json").write_text('{"train_count": 5, "ok": true}')
+    (tmp_path / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  verify:\n    outs:\n    - path: metrics/verify.json\n      md5: feed\n")
+    with tracking.stage_run("train@m0", {}, experiment="tiny") as first:
+        pass
+    with tracking.stage_run("train@m1", {}, experiment="tiny") as second:
+        pass
+    store = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parents = {store.get_run(r.run_id).data.tags["mlflow.parentRunId"] for r in (first, second)}
+    assert len(parents) == 1  # one process, no DVC: one pipeline execution
+    parent = store.get_run(parents.pop())
+    assert parent.info.status == "FINISHED" and parent.data.tags["stage"] == "pipeline"
+    assert parent.data.params["preprocess.seed"] == "3"
+    assert parent.data.tags["lineage.train/m0"] == f"ran {first.run_id}"
+    assert parent.data.tags["lineage.train/m1"] == f"ran {second.run_id}"
+    # verify did not run here and no run in the store wrote its recorded output
+    assert parent.data.tags["lineage.verify"] == "cached (no run in this store wrote its outputs)"
+    assert parent.data.metrics == {"verify/train_count": 5.0}
+    (dataset,) = parent.inputs.dataset_inputs
+    assert dataset.dataset.name == "tiny" and dataset.dataset.digest == digest({"train_images": "abc"})
 
 
 def test_unreachable_server_fails_fast_naming_the_uri(monkeypatch):
