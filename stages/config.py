@@ -119,7 +119,50 @@ class EnsembleConfig(Section):
 class Evaluate(Section):
     ece_bins: int = Field(ge=2, le=100, description="confidence bins for expected calibration error")
     mistakes: int = Field(ge=1, le=400, description="most confident mistakes shown in the grid")
+
+
+# The scikit-learn classifiers the baselines stage builds, by the names the official benchmark uses.
+SKLEARN_CLASSIFIERS = {
+    "DecisionTreeClassifier": "sklearn.tree", "ExtraTreeClassifier": "sklearn.tree",
+    "GaussianNB": "sklearn.naive_bayes", "GradientBoostingClassifier": "sklearn.ensemble",
+    "KNeighborsClassifier": "sklearn.neighbors", "LinearSVC": "sklearn.svm",
+    "LogisticRegression": "sklearn.linear_model", "MLPClassifier": "sklearn.neural_network",
+    "PassiveAggressiveClassifier": "sklearn.linear_model", "Perceptron": "sklearn.linear_model",
+    "RandomForestClassifier": "sklearn.ensemble", "SGDClassifier": "sklearn.linear_model", "SVC": "sklearn.svm",
+}
+
+
+class Classifier(Section):
+    classifier: str
+    grid: dict[str, list[Any]] = Field(default_factory=dict,
+                                       description="parameter -> values; each combination is one configuration")
+
+    @field_validator("classifier")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in SKLEARN_CLASSIFIERS:
+            raise ValueError(f"unknown classifier {name!r}; allowed: {', '.join(sorted(SKLEARN_CLASSIFIERS))}")
+        return name
+
+
+class Baselines(Section):
+    profile: str = Field(description="which entry of `profiles` runs")
+    repeats: int = Field(ge=1, le=20, description="fits per configuration, seeds seed, seed+1, ...")
+    seed: int = Field(ge=0)
+    profiles: dict[str, list[Classifier]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _profile_exists(self) -> Baselines:
+        if self.profile not in self.profiles:
+            raise ValueError(f"baselines.profile is {self.profile!r}; defined profiles: {', '.join(self.profiles)}")
+        return self
+
+
+class Visualize(Section):
+    samples: int = Field(ge=20, le=100000, description="test images embedded (stratified)")
     sprite_per_class: int = Field(ge=1, le=50, description="sample images per class in the sprite")
+    perplexity: float = Field(gt=1, le=100, description="t-SNE neighbourhood size")
+    seed: int = Field(ge=0)
 
 
 class Gate(Section):
@@ -143,6 +186,8 @@ class Params(Section):
     members: dict[MemberName, Member] = Field(min_length=1)
     ensemble: EnsembleConfig
     evaluate: Evaluate
+    baselines: Baselines
+    visualize: Visualize
     report: Report
 
     @model_validator(mode="after")

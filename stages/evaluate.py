@@ -106,7 +106,7 @@ def draw(plots: Path, images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
     predicted = probs.argmax(1)
     ece, bins = calibration(probs, labels, cfg.ece_bins)
     paths = {name: plots / f"{name}.png" for name in
-             ("confusion_matrix", "per_class", "reliability", "confident_mistakes", "sprite")}
+             ("confusion_matrix", "per_class", "reliability", "confident_mistakes")}
     figures.confusion_matrix(confusion_matrix(labels, predicted, labels=range(len(classes))), classes,
                              paths["confusion_matrix"], f"{title}: confusion matrix (test)")
     figures.per_class_bars(scores, classes, paths["per_class"], f"{title}: per-class scores (test)")
@@ -116,7 +116,6 @@ def draw(plots: Path, images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
     captions = [f"{classes[predicted[i]]} {100 * probs[i].max():.0f}%\n(is {classes[labels[i]]})" for i in worst]
     figures.image_grid(images[worst], captions, 6, paths["confident_mistakes"],
                        f"{title}: most confident mistakes (predicted, confidence; true class)")
-    figures.sprite(images, labels, classes, cfg.sprite_per_class, paths["sprite"])
     return list(paths.values())
 
 

@@ -101,3 +101,22 @@ def sprite(images: np.ndarray, labels: np.ndarray, classes: list[str], per_class
                 ax.imshow(images[picks[col]], cmap="gray_r", vmin=0, vmax=255)
         axes[row, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
     _save(fig, path)
+
+
+def embedding(xy: np.ndarray, labels: np.ndarray, classes: list[str], path: Path, title: str) -> None:
+    """A 2-D embedding as a scatter, one colour per class, class names at the class medians."""
+    fig, ax = plt.subplots(figsize=(8, 7.5))
+    colours = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    for index, name in enumerate(classes):
+        points = xy[labels == index]
+        ax.scatter(points[:, 0], points[:, 1], s=3, alpha=0.6, color=colours(index % colours.N), label=name,
+                   linewidths=0, rasterized=True)
+        if len(points):
+            centre = np.median(points, axis=0)
+            ax.text(centre[0], centre[1], name, fontsize=8, ha="center", va="center", weight="bold",
+                    bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "alpha": 0.7, "linewidth": 0})
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(markerscale=4, fontsize=7, loc="best", frameon=False)
+    ax.set_title(title, fontsize=10)
+    _save(fig, path)

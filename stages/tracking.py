@@ -5,6 +5,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -124,6 +125,18 @@ class StageRun:
     def log_dict(self, data: Mapping[str, Any], name: str) -> None:
         mlflow.log_dict(dict(data), name)
 
+    def log_text(self, text: str, name: str) -> None:
+        mlflow.log_text(text, name)
+
+    @contextlib.contextmanager
+    def child(self, name: str, params: Mapping[str, Any]) -> Iterator[StageRun]:
+        """A nested run under this stage's run (one per baseline configuration), with the stage's tags."""
+        parent = mlflow.get_run(self.run_id)
+        tags = {k: v for k, v in parent.data.tags.items() if not k.startswith("mlflow.")}
+        with mlflow.start_run(experiment_id=parent.info.experiment_id, run_name=name, nested=True, tags=tags) as run:
+            mlflow.log_params(flatten(params))
+            yield StageRun(run.info.run_id)
+
     def log_torch_model(self, model: Any, example: Any) -> None:
         """The model in MLflow's pytorch flavor, with a signature inferred from `example` (a numpy batch)."""
         import mlflow.pytorch
@@ -238,6 +251,10 @@ def _pipeline_parent(client: mlflow.MlflowClient, experiment_id: str) -> str:
     return parent.info.run_id
 
 
+# What MLflow accepts in a metric name; metrics files may hold others (baselines' 'SVC C=10 kernel=rbf').
+_METRIC_NAME = re.compile(r"[^/\w.\- :]")
+
+
 def _metrics_files(outputs: dict[str, dict[str, str]]) -> list[Path]:
     return sorted({Path(path) for outs in outputs.values() for path in outs
                    if path.startswith("metrics/") and path.endswith(".json") and Path(path).is_file()})
@@ -269,7 +286,7 @@ def _update_pipeline(client: mlflow.MlflowClient, experiment_id: str, parent_id:
     for path in _metrics_files(outputs):
         name = _run_key(path.relative_to("metrics").with_suffix("").as_posix())
         values = flatten(json.loads(path.read_text()))
-        metrics.update({f"{name}/{k}": float(v) for k, v in values.items()
+        metrics.update({_METRIC_NAME.sub("_", f"{name}/{k}"): float(v) for k, v in values.items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
     now = int(time.time() * 1000)
     entries = [Metric(k, v, now, 0) for k, v in metrics.items()]

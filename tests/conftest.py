@@ -76,3 +76,17 @@ def params_with(tiny_dataset):
         params.update(overrides)
         return params
     return build
+
+
+def tiny_ensemble(classes=("a", "b", "c")):
+    """A one-member ensemble of an untrained fast net: real code paths, no training."""
+    import torch
+
+    from stages import nets
+    from stages.ensemble import Ensemble
+
+    torch.manual_seed(0)
+    model = nets.build("fast", len(classes), (28, 28)).eval()
+    state = {"net": "fast", "classes": list(classes), "image_shape": [28, 28], "mean": torch.tensor(0.3),
+             "std": torch.tensor(0.3), "member": "m0", "split": 0, "state_dict": model.state_dict()}
+    return Ensemble([model], [state], "soft", np.ones(1), False, list(classes), (28, 28))

@@ -11,6 +11,7 @@ from stages.ensemble import Ensemble, combine, member_weights
 from stages.evaluate import accuracy, calibration, check_compatible, draw, log_loss, per_class_scores, score
 from stages.config import Evaluate
 from stages.predict import as_images, convert_like_fashion_mnist, load_images, prediction_frame
+from tests.conftest import tiny_ensemble
 
 RNG = np.random.default_rng(0)
 
@@ -68,14 +69,6 @@ def test_score_reports_members_mean_std_and_the_ensemble_gain():
     assert report["member_c_accuracy"] == 0.0 and set(report["per_class_f1"]) == {"x", "y", "z"}
 
 
-def tiny_ensemble(classes=("a", "b", "c")) -> Ensemble:
-    torch.manual_seed(0)
-    model = nets.build("fast", len(classes), (28, 28)).eval()
-    state = {"net": "fast", "classes": list(classes), "image_shape": [28, 28], "mean": torch.tensor(0.3),
-             "std": torch.tensor(0.3), "member": "m0", "split": 0, "state_dict": model.state_dict()}
-    return Ensemble([model], [state], "soft", np.ones(1), False, list(classes), (28, 28))
-
-
 def test_evaluation_refuses_a_model_for_other_classes(tmp_path):
     with pytest.raises(StageError, match=r"model classes \['a', 'b', 'c'\] do not match dataset.classes"):
         check_compatible(tiny_ensemble(), tmp_path / "e.pt", ["a", "b", "d"], [28, 28], np.zeros((1, 28, 28)))
@@ -106,8 +99,8 @@ def test_pictures_are_written_and_non_empty(tmp_path):
     images = RNG.integers(0, 256, (60, 28, 28), dtype=np.uint8)
     scores = {"precision": np.full(3, 0.5), "recall": np.full(3, 0.6), "f1": np.full(3, 0.55)}
     paths = draw(tmp_path, images, labels, probs, scores, ["a", "b", "c"],
-                 Evaluate(ece_bins=10, mistakes=12, sprite_per_class=4), "test")
-    assert len(paths) == 5
+                 Evaluate(ece_bins=10, mistakes=12), "test")
+    assert len(paths) == 4
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000, path
 
