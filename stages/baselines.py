@@ -45,6 +45,13 @@ def _value(value: Any) -> str:
 
 def build(classifier: str, params: dict[str, Any], seed: int) -> Any:
     """The estimator; seeded where it has randomness; a bad parameter names the configuration."""
+    if classifier == "LogisticRegression" and params.get("multi_class") == "ovr":
+        # scikit-learn 1.8 removed multi_class; the benchmark's one-vs-rest liblinear fit (the 2017 default) is
+        # rebuilt around it, so the published configuration runs as published and keeps its published name.
+        from sklearn.multiclass import OneVsRestClassifier
+
+        inner = {"solver": "liblinear", **{k: v for k, v in params.items() if k != "multi_class"}}
+        return OneVsRestClassifier(build(classifier, inner, seed), n_jobs=-1)
     cls = getattr(importlib.import_module(SKLEARN_CLASSIFIERS[classifier]), classifier)
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
     with warnings.catch_warnings():

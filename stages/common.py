@@ -87,3 +87,8 @@ def run_main(main: Callable[[], None]) -> None:
     except (StageError, ParamsError) as exc:
         log.error("%s", exc)
         sys.exit(1)
+    except OSError as exc:  # disk full, permissions, a vanished input: the path and the reason, not a traceback
+        where = f" {exc.filename}" if exc.filename else ""
+        log.error("cannot read or write%s: %s (nothing was left half-written: outputs are renamed into place "
+                  "only when complete)", where, exc.strerror or exc)
+        sys.exit(1)

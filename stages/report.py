@@ -4,6 +4,7 @@ metric got worse by more than its tolerance in params.yaml (`report.gates`).
 
     python -m stages.report                          # merge base with main vs the workspace
     python -m stages.report --base HEAD~1 --out report.md --fail-on-regression
+    python -m stages.report --base main --head my-branch   # two revisions, workspace untouched
 """
 from __future__ import annotations
 
@@ -30,6 +31,14 @@ def dvc_json(*args: str) -> dict:
     if done.returncode:
         raise StageError(f"`dvc {' '.join(args)} --json` failed: {done.stderr.strip() or done.stdout.strip()}")
     return json.loads(done.stdout or "{}")
+
+
+def describe(revision: str) -> str:
+    """`main` (1a2b3c4d5e6f): the name as given and the commit it was, so a report stays meaningful later."""
+    done = subprocess.run(["git", "rev-parse", "--verify", "-q", f"{revision}^{{commit}}"], capture_output=True,
+                          text=True)
+    sha = done.stdout.strip()[:12]
+    return f"`{revision}`" if not sha or revision.startswith(sha) else f"`{revision}` ({sha})"
 
 
 def merge_base(branch: str = "main") -> str:
@@ -77,9 +86,10 @@ def fmt(value) -> str:
     return "—" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def markdown(base: str, rows: list[dict], params_diff: dict, plots: list[str], failed: list[str]) -> str:
+def markdown(base: str, rows: list[dict], params_diff: dict, plots: list[str], failed: list[str],
+             head: str | None = None) -> str:
     """The report: metrics table, params diff, changed plots, gate verdict."""
-    lines = [f"## Pipeline report: `{base[:12]}` → workspace", ""]
+    lines = [f"## Pipeline report: {describe(base)} → {describe(head) if head else 'workspace'}", ""]
     if rows:
         lines += ["| file | metric | old | new | change | |", "| --- | --- | ---: | ---: | ---: | --- |"]
         lines += [f"| {r['path']} | {r['metric']} | {fmt(r['old'])} | {fmt(r['new'])} | {fmt(r['diff'])} | {arrow(r)} |"
@@ -101,9 +111,10 @@ def markdown(base: str, rows: list[dict], params_diff: dict, plots: list[str], f
     return "\n".join(lines) + "\n"
 
 
-def changed_plots(base: str) -> list[str]:
-    """Plot files (images and plot data) that differ between `base` and the workspace."""
-    done = subprocess.run(["git", "diff", "--name-only", base, "--", "plots", "metrics/evaluate", "metrics/history"],
+def changed_plots(base: str, head: str | None = None) -> list[str]:
+    """Plot files (images and plot data) that differ between `base` and `head` (default: the workspace)."""
+    done = subprocess.run(["git", "diff", "--name-only", base, *([head] if head else []), "--", "plots",
+                           "metrics/evaluate", "metrics/history", "metrics/baselines.csv"],
                           capture_output=True, text=True)
     return done.stdout.split()
 
@@ -111,14 +122,17 @@ def changed_plots(base: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", help="git revision to compare with (default: merge base with main)")
+    parser.add_argument("--head", help="git revision to compare (default: the workspace)")
     parser.add_argument("--out", type=Path, help="write the Markdown here (default: print it)")
     parser.add_argument("--fail-on-regression", action="store_true", help="exit 1 if a gated metric regressed")
     args = parser.parse_args()
     gates = load_params().report.gates
     base = args.base or merge_base()
-    rows = metric_rows(dvc_json("metrics", "diff", base))
+    revisions = [base, *([args.head] if args.head else [])]
+    rows = metric_rows(dvc_json("metrics", "diff", *revisions))
     failed = regressions(rows, gates)
-    text = markdown(base, rows, dvc_json("params", "diff", base), changed_plots(base), failed)
+    text = markdown(base, rows, dvc_json("params", "diff", *revisions), changed_plots(base, args.head), failed,
+                    args.head)
     if args.out:
         args.out.write_text(text)
     else:

@@ -305,9 +305,9 @@ def stage_run(stage: str, params: Mapping[str, Any], experiment: str) -> Iterato
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment
-    client = mlflow.MlflowClient(uri)
     try:
         with _store_lock(uri):
+            client = mlflow.MlflowClient(uri)  # opening a new SQLite store creates its schema: inside the lock
             experiment_id = _experiment_id(experiment, uri)
             parent_id = _pipeline_parent(client, experiment_id)
             client.update_run(parent_id, status="RUNNING")

@@ -34,6 +34,7 @@ def test_grid_expands_to_every_combination_in_order():
         "MLPClassifier activation=relu hidden_layer_sizes=[100,10]"
 
 
+@pytest.mark.fault
 def test_unknown_classifier_fails_listing_the_allowed_names(params_with):
     params = params_with()
     params["baselines"]["profiles"]["quick"].append({"classifier": "XGBoost"})
@@ -44,6 +45,7 @@ def test_unknown_classifier_fails_listing_the_allowed_names(params_with):
     assert "allowed: DecisionTreeClassifier, ExtraTreeClassifier, GaussianNB" in message
 
 
+@pytest.mark.fault
 def test_unknown_profile_fails_listing_the_profiles(params_with):
     params = params_with()
     params["baselines"]["profile"] = "medium"
@@ -51,6 +53,7 @@ def test_unknown_profile_fails_listing_the_profiles(params_with):
         parse_params(params)
 
 
+@pytest.mark.fault
 def test_grid_values_must_be_lists(params_with):
     params = params_with()
     params["baselines"]["profiles"]["full"][0]["grid"]["max_depth"] = 10
@@ -58,6 +61,7 @@ def test_grid_values_must_be_lists(params_with):
         parse_params(params)
 
 
+@pytest.mark.fault
 def test_unknown_sklearn_parameter_names_the_configuration():
     with pytest.raises(StageError, match=r"SVC C=1 gamma_typo=2: SVC has no parameter\(s\) gamma_typo; it takes C,"):
         baselines.build("SVC", {"C": 1, "gamma_typo": 2}, seed=0)

@@ -21,20 +21,24 @@ def error_for(mutate) -> str:
     return str(caught.value)
 
 
+@pytest.mark.fault
 def test_unknown_key_is_named():
     message = error_for(lambda p: p["preprocess"].update(n_split=3))
     assert "preprocess.n_split: unknown key" in message
 
 
+@pytest.mark.fault
 def test_unknown_section_is_named():
     assert "trian: unknown key" in error_for(lambda p: p.update(trian={}))
 
 
+@pytest.mark.fault
 def test_wrong_type_is_named_with_the_value():
     message = error_for(lambda p: p["preprocess"].update(n_splits="five"))
     assert "preprocess.n_splits: Input should be a valid integer (got 'five')" in message
 
 
+@pytest.mark.fault
 def test_bool_is_not_an_integer():
     assert "preprocess.seed: Input should be a valid integer (got True)" in error_for(
         lambda p: p["preprocess"].update(seed=True))
@@ -46,24 +50,29 @@ def test_bool_is_not_an_integer():
     ("n_splits", 0, "preprocess.n_splits: Input should be greater than or equal to 1 (got 0)"),
     ("normalization", "minmax", "preprocess.normalization: Input should be 'none', 'global' or 'per_pixel'"),
 ])
+@pytest.mark.fault
 def test_out_of_range_values_are_named(key, value, expected):
     assert expected in error_for(lambda p: p["preprocess"].update({key: value}))
 
 
+@pytest.mark.fault
 def test_missing_section_is_named():
     assert "verify: missing" in error_for(lambda p: p.pop("verify"))
 
 
+@pytest.mark.fault
 def test_bad_checksum_format_is_named():
     message = error_for(lambda p: p["dataset"]["files"]["train_images"].update(sha256="abc"))
     assert "dataset.files.train_images.sha256" in message
 
 
+@pytest.mark.fault
 def test_duplicate_class_names_are_refused():
     message = error_for(lambda p: p["dataset"]["classes"].__setitem__(1, "T-shirt/top"))
     assert "dataset.classes" in message and "repeated: ['T-shirt/top']" in message
 
 
+@pytest.mark.fault
 def test_every_problem_is_reported_at_once():
     def break_two(p):
         p["download"]["retries"] = 0
@@ -73,6 +82,7 @@ def test_every_problem_is_reported_at_once():
     assert "download.retries" in message and "verify.max_class_imbalance" in message
 
 
+@pytest.mark.fault
 def test_invalid_yaml_names_the_file_and_line(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("preprocess:\n  seed: [1, 2\n")
@@ -80,11 +90,13 @@ def test_invalid_yaml_names_the_file_and_line(tmp_path):
         load_params(path)
 
 
+@pytest.mark.fault
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ParamsError, match="nope.yaml: cannot read params file: No such file"):
         load_params(tmp_path / "nope.yaml")
 
 
+@pytest.mark.fault
 def test_a_list_instead_of_a_mapping_is_refused():
     with pytest.raises(ParamsError, match="expected a mapping of sections, got list"):
         parse_params([1, 2])

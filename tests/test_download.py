@@ -80,6 +80,7 @@ def test_local_directory_mirror(tmp_path, params_with, tiny_dataset):
     assert not list(tmp_path.glob(".raw.*"))  # no temp directory left behind
 
 
+@pytest.mark.fault
 def test_http_mirror_and_fallback_from_a_missing_directory(tmp_path, params_with, server):
     url, handler = server
     params = params_for(params_with, [{"location": str(tmp_path / "nowhere"), "original_gz": False},
@@ -90,6 +91,7 @@ def test_http_mirror_and_fallback_from_a_missing_directory(tmp_path, params_with
     assert (tmp_path / "raw" / "train-images-idx3-ubyte.gz").stat().st_size > 0
 
 
+@pytest.mark.fault
 def test_dropped_connection_resumes_with_a_range_request(tmp_path, params_with, server):
     url, handler = server
     handler.faults["train-images-idx3-ubyte.gz"] = "drop-once"
@@ -101,6 +103,7 @@ def test_dropped_connection_resumes_with_a_range_request(tmp_path, params_with, 
     assert list((tmp_path / "partial").iterdir()) == []
 
 
+@pytest.mark.fault
 def test_server_without_range_support_restarts_from_zero(tmp_path, params_with, server):
     url, handler = server
     handler.faults["train-images-idx3-ubyte.gz"] = "no-range"
@@ -109,6 +112,7 @@ def test_server_without_range_support_restarts_from_zero(tmp_path, params_with, 
     assert manifest["train_images"]["sha256_checked"]
 
 
+@pytest.mark.fault
 def test_html_and_404_fall_through_to_the_next_mirror(tmp_path, params_with, server, tiny_dataset):
     url, handler = server
     handler.faults.update({"train-images-idx3-ubyte.gz": "html", "t10k-images-idx3-ubyte.gz": "404"})
@@ -119,6 +123,7 @@ def test_html_and_404_fall_through_to_the_next_mirror(tmp_path, params_with, ser
     assert any("HTTP 404" in f for f in failures)
 
 
+@pytest.mark.fault
 def test_no_working_mirror_is_one_clear_error_and_leaves_no_output(tmp_path, params_with, server):
     url, handler = server
     handler.faults["train-labels-idx1-ubyte.gz"] = "404"
@@ -135,6 +140,7 @@ def test_no_working_mirror_is_one_clear_error_and_leaves_no_output(tmp_path, par
     assert not list(tmp_path.glob(".raw.*"))
 
 
+@pytest.mark.fault
 def test_hanging_server_times_out_and_retries(tmp_path, params_with, server):
     url, handler = server
     handler.faults["t10k-labels-idx1-ubyte.gz"] = "hang"
@@ -146,6 +152,7 @@ def test_hanging_server_times_out_and_retries(tmp_path, params_with, server):
     assert [name for name, _ in handler.requests].count("t10k-labels-idx1-ubyte.gz") == 2
 
 
+@pytest.mark.fault
 def test_wrong_checksum_from_the_only_mirror_fails(tmp_path, params_with, server):
     url, _ = server
     params_dict = params_with(download={"timeout_s": 5.0, "retries": 1, "backoff_s": 0.0})

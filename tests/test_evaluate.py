@@ -69,6 +69,7 @@ def test_score_reports_members_mean_std_and_the_ensemble_gain():
     assert report["member_c_accuracy"] == 0.0 and set(report["per_class_f1"]) == {"x", "y", "z"}
 
 
+@pytest.mark.fault
 def test_evaluation_refuses_a_model_for_other_classes(tmp_path):
     with pytest.raises(StageError, match=r"model classes \['a', 'b', 'c'\] do not match dataset.classes"):
         check_compatible(tiny_ensemble(), tmp_path / "e.pt", ["a", "b", "d"], [28, 28], np.zeros((1, 28, 28)))

@@ -31,6 +31,7 @@ def test_gzip_output_is_deterministic(tmp_path):
     assert (tmp_path / "a.gz").read_bytes() == (tmp_path / "b.gz").read_bytes()
 
 
+@pytest.mark.fault
 def test_wrong_magic_is_rejected_with_the_bytes_seen():
     data = bytearray(idx.encode(np.zeros((3, 2, 2), np.uint8)))
     data[2] = 0x42
@@ -38,17 +39,20 @@ def test_wrong_magic_is_rejected_with_the_bytes_seen():
         idx.parse(bytes(data), "f")
 
 
+@pytest.mark.fault
 def test_truncated_payload_is_rejected_with_sizes():
     data = idx.encode(np.zeros((3, 2, 2), np.uint8))
     with pytest.raises(idx.IdxError, match=r"truncated: header claims dims \[3, 2, 2\] = 12 bytes .* holds 11"):
         idx.parse(data[:-1], "f")
 
 
+@pytest.mark.fault
 def test_trailing_bytes_are_rejected():
     with pytest.raises(idx.IdxError, match="trailing bytes"):
         idx.parse(idx.encode(np.zeros(4, np.uint8)) + b"\x00", "f")
 
 
+@pytest.mark.fault
 def test_header_claiming_huge_counts_fails_without_allocating_for_them(tmp_path):
     # 4e9 x 4e9 x 4e9 items claimed, 10 bytes present: must fail on the size check, not on a MemoryError.
     header = b"\x00\x00\x08\x03" + (4_000_000_000).to_bytes(4, "big") * 3
@@ -62,6 +66,7 @@ def test_header_claiming_huge_counts_fails_without_allocating_for_them(tmp_path)
     assert peak < 16 << 20
 
 
+@pytest.mark.fault
 def test_html_instead_of_gzip_is_named(tmp_path):
     path = tmp_path / "x-idx1-ubyte.gz"
     path.write_bytes(b"<!DOCTYPE html><html>Not Found</html>")
@@ -69,6 +74,7 @@ def test_html_instead_of_gzip_is_named(tmp_path):
         idx.read(path)
 
 
+@pytest.mark.fault
 def test_flipped_byte_in_gzip_is_caught(tmp_path):
     path = tmp_path / "x.gz"
     idx.write(path, np.arange(5000, dtype=np.int32))
@@ -79,6 +85,7 @@ def test_flipped_byte_in_gzip_is_caught(tmp_path):
         idx.read(path)
 
 
+@pytest.mark.fault
 def test_truncated_gzip_is_caught(tmp_path):
     path = tmp_path / "x.gz"
     idx.write(path, np.arange(5000, dtype=np.int32))
@@ -87,6 +94,7 @@ def test_truncated_gzip_is_caught(tmp_path):
         idx.read(path)
 
 
+@pytest.mark.fault
 def test_empty_file_is_too_short(tmp_path):
     path = tmp_path / "empty"
     path.write_bytes(b"")
@@ -94,6 +102,7 @@ def test_empty_file_is_too_short(tmp_path):
         idx.read(path)
 
 
+@pytest.mark.fault
 def test_unsupported_array_cannot_be_written(tmp_path):
     with pytest.raises(idx.IdxError, match="cannot write dtype complex128"):
         idx.write(tmp_path / "c", np.zeros(3, np.complex128))

@@ -88,6 +88,7 @@ def test_repro_runs_the_data_stages_and_logs_one_run_each(repo):
     assert pipeline.inputs.dataset_inputs[0].dataset.name == "fashion-mnist"
 
 
+@pytest.mark.fault
 def test_second_repro_reruns_nothing(repo):
     output = sh(repo, "dvc", "repro", "preprocess")
     assert ran(output) == [] and "up to date" in output
@@ -112,6 +113,7 @@ def test_changing_a_preprocess_param_reruns_preprocess_only(repo):
     sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "seed 43")
 
 
+@pytest.mark.fault
 def test_bad_param_fails_before_any_work(repo):
     params_file = repo / "params.yaml"
     original = params_file.read_text()
@@ -155,12 +157,10 @@ def test_queued_sweep_runs_two_at_once_into_the_root_store(repo):
 
 
 def small_profile(repo: Path) -> None:
-    """A stratified 3,000-image subset, 2 epochs, 2 members: the whole pipeline in about a minute."""
+    """profiles/ci.yaml: a stratified 3,000-image subset, 2 epochs, 2 members; the whole pipeline in minutes."""
+    sh(repo, "python", "-m", "stages.profile", "profiles/ci.yaml")
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["preprocess"]["train_subset"] = 3000
-    params["train"].update(epochs=2, eval_batch_size=512)
-    params["members"] = {"m0": {"seed": 0, "split": 0}, "m1": {"seed": 1, "split": 1}}
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert params["preprocess"]["train_subset"] == 3000 and list(params["members"]) == ["m0", "m1"]
 
 
 def test_a_member_trains_in_a_small_profile(repo, monkeypatch):
@@ -184,23 +184,31 @@ def test_a_member_trains_in_a_small_profile(repo, monkeypatch):
 
 
 def test_ensemble_and_evaluate_end_the_pipeline(repo):
-    assert ran(sh(repo, "dvc", "repro")) == ["train@m1", "ensemble", "evaluate"]
+    stages = ran(sh(repo, "dvc", "repro"))
+    assert sorted(stages) == ["baselines", "ensemble", "evaluate", "train@m1", "visualize"]
+    assert stages.index("train@m1") < stages.index("ensemble") < stages.index("evaluate")
     report = json.loads((repo / "metrics/evaluate.json").read_text())
     assert 0.5 < report["ensemble_accuracy"] <= 1 and 0.5 < report["members_accuracy_mean"] <= 1
     assert set(report["per_class_f1"]) == set(real_params()["dataset"]["classes"])
-    for name in ("confusion_matrix", "per_class", "reliability", "confident_mistakes", "sprite"):
+    for name in ("confusion_matrix", "per_class", "reliability", "confident_mistakes"):
         assert (repo / "plots" / f"{name}.png").stat().st_size > 5000
+    for name in ("sprite", "pixels_pca", "pixels_tsne", "features_pca", "features_tsne"):
+        assert (repo / "plots/visualize" / f"{name}.png").stat().st_size > 5000
+    baselines = json.loads((repo / "metrics/baselines.json").read_text())
+    assert len(baselines["configurations"]) == len(real_params()["baselines"]["profiles"]["quick"])
+    assert 0.7 < baselines["best_accuracy"] < 1  # 2,400 images: the MLP or random forest, about 83%
     ensemble = json.loads((repo / "metrics/ensemble.json").read_text())
     assert ensemble["members"] == 2
     evaluate = [r for r in runs(repo) if r.info.run_name == "evaluate"][-1]
     assert evaluate.data.params["train.net"] == "fast"  # the whole pipeline's params, for comparing runs
     assert evaluate.data.metrics["ensemble_accuracy"] == pytest.approx(report["ensemble_accuracy"])
     pipeline = pipelines(repo)[-1]  # the row to compare in `mlflow ui`: complete lineage and metrics
-    assert children(repo, pipeline) == ["train@m1", "ensemble", "evaluate"]
+    assert children(repo, pipeline) == stages
     lineage = {k.removeprefix("lineage."): v.split()[0] for k, v in pipeline.data.tags.items()
                if k.startswith("lineage.")}
     assert lineage == {"download": "cached", "verify": "cached", "preprocess": "cached", "train/m0": "cached",
-                       "train/m1": "ran", "ensemble": "ran", "evaluate": "ran"}
+                       "train/m1": "ran", "ensemble": "ran", "evaluate": "ran", "baselines": "ran",
+                       "visualize": "ran"}
     assert pipeline.data.metrics["evaluate/ensemble_accuracy"] == pytest.approx(report["ensemble_accuracy"])
     assert pipeline.data.metrics["train/m0/val_accuracy"] > 0.5
 
@@ -225,3 +233,48 @@ def test_registered_model_and_predict_command_agree_on_a_png(repo, tmp_path):
                 "--env-manager", "local")
     rows = json.loads(served[served.index("{"):served.rindex("}") + 1])["predictions"]
     assert rows[0]["class"] == predict_class
+
+
+def state_dict(path: Path) -> dict:
+    import torch
+
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+@pytest.mark.fault
+def test_sigkill_mid_training_leaves_nothing_to_cache_and_the_rerun_resumes_to_identical_weights(repo):
+    import os
+    import signal
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["epochs"] = 6  # long enough to be killed mid-run
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    resume = repo / "models/.resume/m0.pt"
+    killed = subprocess.Popen(["dvc", "repro", "train@m0"], cwd=repo, env=subprocess_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not resume.exists():  # the first epoch's checkpoint: training is under way
+        assert killed.poll() is None and time.monotonic() < deadline, "training ended before it could be killed"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.killpg(killed.pid, signal.SIGKILL)  # dvc and the stage, with no chance to clean up
+    killed.wait()
+    assert not (repo / "models/members/m0.pt").exists()
+    assert [p.name for p in (repo / "models/members").iterdir() if p.name.endswith(".tmp")] == []  # no temp file
+    assert "train@m0" in sh(repo, "dvc", "status", "train@m0")  # DVC sees the stage as not done
+    resumed = sh(repo, "dvc", "repro", "train@m0")
+    assert "resuming from" in resumed and not resume.exists()
+    after_kill = state_dict(repo / "models/members/m0.pt")
+    metrics_after_kill = json.loads((repo / "metrics/train/m0.json").read_text())
+    assert ran(sh(repo, "dvc", "repro", "-f", "-s", "train@m0")) == ["train@m0"]  # uninterrupted, from scratch
+    uninterrupted = state_dict(repo / "models/members/m0.pt")
+    assert all(torch_equal(after_kill[k], uninterrupted[k]) for k in uninterrupted)
+    metrics = json.loads((repo / "metrics/train/m0.json").read_text())
+    for key in ("best_epoch", "val_loss", "val_accuracy"):  # `dvc repro -f` on the CPU reproduces the metrics
+        assert metrics[key] == metrics_after_kill[key], key
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)

@@ -76,3 +76,18 @@ def test_gate_tolerates_noise_and_knows_which_way_is_better():
                                                                          max_worsening=0.0)]
     assert regressions(rows, gates) == []
     assert arrow(rows[0]) == "▼ worse" and arrow(rows[1]) == "▼ better"
+
+
+def test_two_commits_compare_as_revisions_whatever_the_workspace_holds(repo):
+    write_metrics(repo, 0.90, 0.40)
+    assert run(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "worse").returncode == 0
+    write_metrics(repo, 0.99, 0.01)  # uncommitted: must not show up
+    done = run(repo, sys.executable, "-m", "stages.report", "--base", "HEAD~1", "--head", "HEAD",
+               "--fail-on-regression")
+    assert done.returncode == 1
+    assert "| ensemble_accuracy | 0.94 | 0.9 | -0.04 | ▼ worse |" in done.stdout
+    head = run(repo, "git", "rev-parse", "HEAD").stdout.strip()
+    assert f"→ `HEAD` ({head[:12]})" in done.stdout
+    back = run(repo, sys.executable, "-m", "stages.report", "--base", "HEAD", "--head", "HEAD~1",
+               "--fail-on-regression")
+    assert back.returncode == 0 and "| ensemble_accuracy | 0.9 | 0.94 | 0.04 | ▲ better |" in back.stdout

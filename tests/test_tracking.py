@@ -43,6 +43,7 @@ def test_stage_run_logs_params_metrics_and_tags(monkeypatch, tmp_path):
     assert logged.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
 
 
+@pytest.mark.fault
 def test_failing_stage_leaves_a_failed_run_and_a_failed_pipeline(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
@@ -86,6 +87,7 @@ def test_stages_of_one_execution_share_a_parent_holding_params_dataset_and_metri
     assert dataset.dataset.name == "tiny" and dataset.dataset.digest == digest({"train_images": "abc"})
 
 
+@pytest.mark.fault
 def test_unreachable_server_fails_fast_naming_the_uri(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing listens
     for name in tracking.HTTP_DEFAULTS:  # the stage's own bounds, not a test's

@@ -69,6 +69,7 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize("ema_decay", [0.0, 0.9])
 def test_kill_and_resume_ends_with_the_same_weights(tmp_path, ema_decay):
     cfg = tiny_cfg(epochs=3, ema_decay=ema_decay, augment={"flip": True, "translate": 2, "erasing": 0.5})
@@ -91,6 +92,7 @@ def test_kill_and_resume_ends_with_the_same_weights(tmp_path, ema_decay):
     assert result.best_epoch == full.best_epoch
 
 
+@pytest.mark.fault
 def test_a_checkpoint_for_other_params_is_not_resumed(tmp_path):
     cfg = tiny_cfg(epochs=1)
     checkpoint = tmp_path / "resume.pt"
@@ -99,6 +101,7 @@ def test_a_checkpoint_for_other_params_is_not_resumed(tmp_path):
     assert [row["epoch"] for row in result.history] == [1]
 
 
+@pytest.mark.fault
 def test_nan_loss_stops_with_a_clear_message(tmp_path):
     broken = Normalizer(torch.tensor(0.0), torch.tensor(0.0), channels_last=True)  # 0/0: NaN inputs
     model = nets.build("fast", 8, (28, 28))
@@ -116,6 +119,7 @@ def test_one_cycle_schedule():
     assert lr_at(100, 100, cfg) == 0.0
 
 
+@pytest.mark.fault
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_without_a_gpu_is_an_error_not_a_silent_cpu_run():
     with pytest.raises(StageError, match=r"train.device is 'cuda' but no CUDA GPU is visible.*train.device: auto or cpu"):
@@ -123,6 +127,7 @@ def test_cuda_without_a_gpu_is_an_error_not_a_silent_cpu_run():
     assert pick_device("auto").type == "cpu"
 
 
+@pytest.mark.fault
 def test_saved_member_loads_with_weights_only(tmp_path):
     _, result = train_tiny(tiny_cfg(epochs=1))
     params = parse_params(real_params())

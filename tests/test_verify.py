@@ -37,6 +37,7 @@ def rewrite_payload(path, mutate):
     path.write_bytes(gzip.compress(bytes(data)))
 
 
+@pytest.mark.fault
 def test_flipped_byte_fails_naming_file_check_expected_and_actual(params_with):
     raw, params = stage_raw(params_with())
     path = raw / "train-images-idx3-ubyte.gz"
@@ -47,6 +48,7 @@ def test_flipped_byte_fails_naming_file_check_expected_and_actual(params_with):
         verify_dataset(raw, params.dataset, params.verify)
 
 
+@pytest.mark.fault
 def test_truncated_file_fails(params_with):
     raw, params = stage_raw(params_with())
     path = raw / "t10k-labels-idx1-ubyte.gz"
@@ -68,17 +70,20 @@ def verify_with_payload(params_with, role, mutate):
     return str(caught.value)
 
 
+@pytest.mark.fault
 def test_wrong_magic_fails_even_when_the_checksum_was_updated(params_with):
     message = verify_with_payload(params_with, "train_labels", lambda d: d.__setitem__(2, 0x42))
     assert "train-labels-idx1-ubyte.gz: bad IDX magic number 0x00004201" in message
 
 
+@pytest.mark.fault
 def test_header_claiming_more_items_than_present_fails(params_with):
     message = verify_with_payload(params_with, "train_images",
                                   lambda d: d.__setitem__(slice(4, 8), (10**9).to_bytes(4, "big")))
     assert "truncated: header claims dims [1000000000, 28, 28]" in message
 
 
+@pytest.mark.fault
 def test_wrong_counts_and_label_range_are_reported_together(params_with):
     params_dict = params_with()
     params_dict["dataset"]["train_count"] = 60000
@@ -91,6 +96,7 @@ def test_wrong_counts_and_label_range_are_reported_together(params_with):
     assert "train labels: expected values in [0, 4] (5 classes), got [0, 9]" in message
 
 
+@pytest.mark.fault
 def test_class_imbalance_beyond_the_limit_fails(params_with):
     def unbalance(payload):
         payload[8:18] = bytes(10)  # the first 10 labels become class 0: 29 of class 0, 19 of each other class
@@ -108,6 +114,7 @@ def test_md5_is_checked_only_for_the_release_own_gz(params_with):
         verify_dataset(raw, params.dataset, params.verify)
 
 
+@pytest.mark.fault
 def test_a_file_no_checksum_covers_is_refused_with_its_sha256(params_with):
     params_dict = params_with()
     params_dict["dataset"]["files"]["test_labels"]["sha256"] = None

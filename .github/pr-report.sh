@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The pull-request report: what this branch did to the numbers. Runs on GitHub (.github/workflows/pr.yml) and
+# locally alike; needs the venv (make setup) and a checkout with history (the merge base with the base branch).
+#
+#   .github/pr-report.sh [BASE_BRANCH] > report.md     # BASE_BRANCH defaults to origin/main, else main
+#
+# 1. Committed results: `python -m stages.report` between the merge base and HEAD, i.e. the metrics the author
+#    measured with the full pipeline and committed (dvc.lock + metrics/), with the regression gate.
+# 2. CI profile: profiles/ci.yaml run on both revisions here (a subset, 2 epochs, 2 members), in worktrees
+#    sharing one DVC cache, each result committed to a throwaway ref so `report` can diff them as revisions.
+# Exit status: that of the regression gate on the committed results.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+base_branch=${1:-$(git rev-parse --verify -q origin/main >/dev/null && echo origin/main || echo main)}
+base=$(git merge-base HEAD "$base_branch")
+work=$(mktemp -d)
+trap 'git worktree remove --force "$work/base" 2>/dev/null; git worktree remove --force "$work/head" 2>/dev/null; rm -rf "$work"' EXIT
+
+run_profile() {  # $1 = revision, $2 = worktree path; prints the commit holding the CI-profile results
+  git worktree add -q --detach "$2" "$1" >&2 || return 1
+  ( cd "$2" \
+    && dvc cache dir --local "$work/cache" \
+    && python -m stages.profile profiles/ci.yaml \
+    && MLFLOW_TRACKING_URI="sqlite:///$work/mlflow.db" dvc repro --quiet \
+    && git add -A -f params.yaml dvc.lock metrics \
+    && git -c user.name=ci -c user.email=ci@localhost commit -q -m "CI profile of $1" \
+    && git rev-parse HEAD ) >&2 && git -C "$2" rev-parse HEAD
+}
+
+echo "# Pipeline report"
+echo
+echo "## Committed results (full pipeline, as measured and committed on this branch)"
+echo
+python -m stages.report --base "$base" --fail-on-regression --head HEAD | sed 's/^## /### /'
+gate=${PIPESTATUS[0]}
+echo
+echo "## CI profile (\`profiles/ci.yaml\`, re-run here on both revisions)"
+echo
+if ! git cat-file -e "$base:profiles/ci.yaml" 2>/dev/null; then
+  echo "The base revision has no CI profile yet: nothing to compare with."
+elif ! base_result=$(run_profile "$base" "$work/base"); then
+  echo "❌ the CI profile failed on the base revision \`${base:0:12}\` (log above in the job)."
+elif ! head_result=$(run_profile HEAD "$work/head"); then
+  echo "❌ the CI profile failed on this branch: the pipeline does not run end to end (log in the job)."
+  gate=1
+else
+  python -m stages.report --base "$base_result" --head "$head_result" | sed 's/^## /### /'
+fi
+exit "$gate"

@@ -1,0 +1,29 @@
+"""Params profiles: an override file laid over params.yaml, validated before it is written."""
+import pytest
+import yaml
+
+from stages.config import ParamsError, parse_params
+from stages.profile import apply_profile, merge
+from tests.conftest import ROOT, real_params
+
+
+def test_mappings_merge_and_listed_sections_are_replaced():
+    base = {"train": {"epochs": 24, "lr": 0.2}, "members": {"m0": {"seed": 0}, "m1": {"seed": 1}}}
+    merged = merge(base, {"train": {"epochs": 2}, "members": {"m0": {"seed": 5}}}, frozenset({"members"}))
+    assert merged == {"train": {"epochs": 2, "lr": 0.2}, "members": {"m0": {"seed": 5}}}
+    assert base["train"]["epochs"] == 24  # the input is not modified
+
+
+def test_the_ci_profile_yields_valid_small_params():
+    profile = yaml.safe_load((ROOT / "profiles" / "ci.yaml").read_text())
+    params = parse_params(apply_profile(real_params(), profile, "profiles/ci.yaml"))
+    assert params.preprocess.train_subset == 3000 and params.train.epochs == 2
+    assert list(params.members) == ["m0", "m1"] and params.train.lr == real_params()["train"]["lr"]
+
+
+@pytest.mark.fault
+def test_a_profile_with_a_typo_fails_naming_the_key():
+    with pytest.raises(ParamsError, match=r"params.yaml with p.yaml: 1 invalid.*\n  train.epoch: unknown key"):
+        apply_profile(real_params(), {"train": {"epoch": 2}}, "p.yaml")
+    with pytest.raises(ParamsError, match="`replace` must be a list of dotted keys"):
+        apply_profile(real_params(), {"replace": "members"}, "p.yaml")
