@@ -21,10 +21,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from stages import nets  # noqa: E402
-from stages.config import load_params  # noqa: E402
-from stages.device import autocast, pick_device, set_threads  # noqa: E402
-from stages.train import Images, Normalizer, evaluate, fit, load_member_data  # noqa: E402
+from stages import nets
+from stages.config import load_params
+from stages.device import autocast, pick_device, set_threads
+from stages.train import Images, Normalizer, evaluate, fit, load_member_data
 
 TARGETS = (0.92, 0.93, 0.94)
 

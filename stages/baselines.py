@@ -18,7 +18,7 @@ import pandas as pd
 import yaml
 
 from stages import tracking
-from stages.common import StageError, run_main, write_json, atomic_path
+from stages.common import StageError, atomic_path, run_main, write_json
 from stages.config import SKLEARN_CLASSIFIERS, Classifier, load_params
 
 log = logging.getLogger("stages.baselines")

@@ -59,7 +59,7 @@ def summarize(train: dict[str, np.ndarray], n_test: int, cfg: Preprocess) -> dic
     val_counts = train["is_val"].sum(axis=1)
     pixels = train["images"]
     return {
-        "train_count": int(len(train["labels"])),
+        "train_count": len(train["labels"]),
         "test_count": int(n_test),
         "n_splits": int(cfg.n_splits),
         "val_count": int(val_counts.min()),

@@ -67,13 +67,13 @@ def check_split(
     if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
         problems.append(f"{split} labels: expected values in [0, {n_classes - 1}] ({n_classes} classes), "
                         f"got [{labels.min()}, {labels.max()}]")
-        return {"count": int(len(labels))}, problems
+        return {"count": len(labels)}, problems
     counts = np.bincount(labels, minlength=n_classes)
     imbalance = float(counts.max() / counts.min()) if counts.min() > 0 else float("inf")
     if imbalance > cfg.max_class_imbalance:
         problems.append(f"{split} labels: class imbalance (largest/smallest count) {imbalance:.3f} exceeds "
                         f"verify.max_class_imbalance={cfg.max_class_imbalance}; counts {counts.tolist()}")
-    summary = {"count": int(len(labels)), "class_counts": dict(zip(dataset.classes, counts.tolist())),
+    summary = {"count": len(labels), "class_counts": dict(zip(dataset.classes, counts.tolist())),
                "imbalance": round(imbalance, 4)}
     return summary, problems
 

@@ -51,7 +51,7 @@ def penultimate_features(ensemble: Ensemble, images: np.ndarray, batch_size: int
         norm = Normalizer(state["mean"], state["std"], channels_last=True)
         captured: list[torch.Tensor] = []
         hook = _classifier_head(model).register_forward_pre_hook(
-            lambda _, inputs: captured.append(inputs[0].flatten(1).float()))
+            lambda _, inputs, into=captured: into.append(inputs[0].flatten(1).float()))
         try:
             for start in range(0, len(images), batch_size):
                 model(norm(torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).unsqueeze(1)))

@@ -1,16 +1,27 @@
 """Ensemble voting, evaluation metrics, pictures, and prediction input handling."""
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from sklearn.metrics import confusion_matrix
 
-from stages import nets
 from stages.common import StageError
-from stages.ensemble import Ensemble, combine, member_weights
-from stages.evaluate import accuracy, calibration, check_compatible, draw, log_loss, per_class_scores, score
 from stages.config import Evaluate
-from stages.predict import as_images, convert_like_fashion_mnist, load_images, prediction_frame
+from stages.ensemble import Ensemble, combine, member_weights
+from stages.evaluate import (
+    accuracy,
+    calibration,
+    check_compatible,
+    draw,
+    log_loss,
+    per_class_scores,
+    score,
+)
+from stages.predict import (
+    as_images,
+    convert_like_fashion_mnist,
+    load_images,
+    prediction_frame,
+)
 from tests.conftest import tiny_ensemble
 
 RNG = np.random.default_rng(0)

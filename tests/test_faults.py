@@ -9,7 +9,6 @@ import socket
 import sys
 import threading
 import time
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -52,7 +51,8 @@ def test_disk_full_during_preprocess_leaves_no_output_and_says_why(tmp_path, par
         writes.append(path)
         if len(writes) > 1:  # the first array is written, the second finds the disk full
             no_space(path)
-        np.lib.format.write_array(open(path, "wb"), array)
+        with open(path, "wb") as handle:
+            np.lib.format.write_array(handle, array)
 
     monkeypatch.setattr(preprocess.np, "save", save_then_fill_up)
     monkeypatch.setattr(sys, "argv", ["preprocess", "--raw", "raw", "--out", "processed", "--metrics", "p.json"])
@@ -106,9 +106,9 @@ def test_a_hanging_tracking_server_fails_the_stage_within_a_minute(silent_server
     for name in tracking.HTTP_DEFAULTS:  # the stage's own bounds
         monkeypatch.delenv(name, raising=False)
     started = time.monotonic()
-    with pytest.raises(tracking.TrackingError, match=f"MLflow tracking store {silent_server} is not usable"):
-        with tracking.stage_run("verify", {}, experiment="tiny"):
-            pass
+    with pytest.raises(tracking.TrackingError, match=f"MLflow tracking store {silent_server} is not usable"), \
+            tracking.stage_run("verify", {}, experiment="tiny"):
+        pass
     assert time.monotonic() - started < 60
 
 

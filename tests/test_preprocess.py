@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 
 from stages.config import Preprocess
-from stages.preprocess import MIN_STD, make_splits, normalization_stats, preprocess, stratified_subset
+from stages.preprocess import (
+    MIN_STD,
+    make_splits,
+    normalization_stats,
+    preprocess,
+    stratified_subset,
+)
 
 LABELS = np.repeat(np.arange(10), 100).astype(np.uint8)
 
