@@ -47,10 +47,11 @@ def launching_dvc() -> str | None:
     return None
 
 
-def pipeline_key(git_commit: str, params_text: str) -> str:
-    """Same for every stage of one pipeline execution, different for the next one (or for a stage run by hand)."""
+def pipeline_key() -> str:
+    """Same for every stage of one pipeline execution, different for the next one (or for a stage run by hand).
+    Not the commit or params: a commit made while `dvc repro` runs must not split its pipeline in two."""
     invocation = launching_dvc() or f"manual:{os.getpid()}"
-    material = "\n".join([invocation, os.environ.get("DVC_EXP_NAME", ""), git_commit, params_text])
+    material = f"{invocation}\n{os.environ.get('DVC_EXP_NAME', '')}"
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 

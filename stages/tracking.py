@@ -236,7 +236,7 @@ def _pipeline_parent(client: mlflow.MlflowClient, experiment_id: str) -> str:
     """The parent run of the pipeline execution this stage belongs to: found by its key, else created with the
     whole params.yaml, the dataset and the code version."""
     params = _all_params()
-    key = lineage.pipeline_key(_git("rev-parse", "HEAD") or "unknown", json.dumps(params, sort_keys=True))
+    key = lineage.pipeline_key()
     found = client.search_runs([experiment_id], f"tags.pipeline_key = '{key}' and tags.stage = 'pipeline'",
                                max_results=1)
     if found:

@@ -154,3 +154,18 @@ def test_every_torch_load_in_the_package_refuses_pickled_code():
                 calls.append((module.name, node.lineno, weights_only))
     assert calls, "no torch.load found: the check itself is broken"
     assert [c for c in calls if c[2] != [True]] == []
+
+
+def test_atomic_outputs_get_normal_permissions_not_the_temp_files_0600(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "m.json") as tmp:
+            tmp.write_text("{}")
+        with atomic_dir(tmp_path / "plots") as tmp:
+            (tmp / "a.png").write_bytes(b"png")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "plots").stat().st_mode & 0o777 == 0o755
