@@ -38,7 +38,9 @@ def describe(revision: str) -> str:
     done = subprocess.run(["git", "rev-parse", "--verify", "-q", f"{revision}^{{commit}}"], capture_output=True,
                           text=True)
     sha = done.stdout.strip()[:12]
-    return f"`{revision}`" if not sha or revision.startswith(sha) else f"`{revision}` ({sha})"
+    if not sha:
+        return f"`{revision}`"
+    return f"`{sha}`" if revision.startswith(sha) else f"`{revision}` ({sha})"
 
 
 def merge_base(branch: str = "main") -> str:
@@ -94,6 +96,9 @@ def markdown(base: str, rows: list[dict], params_diff: dict, plots: list[str], f
         lines += ["| file | metric | old | new | change | |", "| --- | --- | ---: | ---: | ---: | --- |"]
         lines += [f"| {r['path']} | {r['metric']} | {fmt(r['old'])} | {fmt(r['new'])} | {fmt(r['diff'])} | {arrow(r)} |"
                   for r in rows]
+    elif params_diff:
+        lines.append("⚠️ No metric changed although params did: rerun the pipeline and commit `dvc.lock` and "
+                     "`metrics/` so the numbers show what the change does.")
     else:
         lines.append("No metric changed.")
     lines += ["", "### Params", ""]

@@ -55,6 +55,17 @@ def test_out_of_range_values_are_named(key, value, expected):
     assert expected in error_for(lambda p: p["preprocess"].update({key: value}))
 
 
+@pytest.mark.parametrize("key, value, expected", [
+    ("epochs", -3, "train.epochs: Input should be greater than or equal to 1 (got -3)"),
+    ("net", "resnet50", "train.net: Input should be 'cmasch', 'fast' or 'wrn' (got 'resnet50')"),
+    ("device", "tpu", "train.device: Input should be 'auto', 'cpu' or 'cuda' (got 'tpu')"),
+    ("lr", "fast", "train.lr: Input should be a valid number (got 'fast')"),
+])
+@pytest.mark.fault
+def test_bad_training_values_are_named(key, value, expected):
+    assert expected in error_for(lambda p: p["train"].update({key: value}))
+
+
 @pytest.mark.fault
 def test_missing_section_is_named():
     assert "verify: missing" in error_for(lambda p: p.pop("verify"))

@@ -91,3 +91,11 @@ def test_two_commits_compare_as_revisions_whatever_the_workspace_holds(repo):
     back = run(repo, sys.executable, "-m", "stages.report", "--base", "HEAD", "--head", "HEAD~1",
                "--fail-on-regression")
     assert back.returncode == 0 and "| ensemble_accuracy | 0.9 | 0.94 | 0.04 | ▲ better |" in back.stdout
+
+
+def test_changed_params_without_new_metrics_are_flagged(repo):
+    params = (repo / "params.yaml").read_text().replace("ece_bins: 15", "ece_bins: 10")
+    (repo / "params.yaml").write_text(params)
+    done = run(repo, sys.executable, "-m", "stages.report", "--base", "HEAD")
+    assert done.returncode == 0
+    assert "⚠️ No metric changed although params did: rerun the pipeline" in done.stdout
