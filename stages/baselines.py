@@ -113,14 +113,13 @@ def summarize(results: list[dict]) -> tuple[dict, pd.DataFrame]:
     table = pd.DataFrame(results)
     table["difference"] = table["accuracy"] - table["published"]
     best = table.loc[table["accuracy"].idxmax()]
-    metrics = {"best_accuracy": round(float(best["accuracy"]), 6), "best": best["configuration"],
-               "configurations": {
-                   row.configuration: {k: round(float(getattr(row, k)), 6 if "accuracy" in k or k == "difference"
-                                                else 2)
-                                       for k in ("accuracy", "accuracy_std", "published", "difference",
-                                                 "fit_seconds", "predict_seconds") if pd.notna(getattr(row, k))}
-                   for row in table.itertuples()}}
-    return metrics, table
+    columns = ("accuracy", "accuracy_std", "published", "difference", "fit_seconds", "predict_seconds")
+    configurations = {
+        row["configuration"]: {k: round(float(row[k]), 2 if k.endswith("seconds") else 6)
+                               for k in columns if pd.notna(row[k])}
+        for row in table.to_dict("records")}
+    return {"best_accuracy": round(float(best["accuracy"]), 6), "best": best["configuration"],
+            "configurations": configurations}, table
 
 
 def markdown(table: pd.DataFrame, source: str) -> str:

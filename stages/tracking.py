@@ -232,11 +232,10 @@ def _dataset_input(params: Mapping[str, Any]) -> Any:
                        digest=digest({k: v.get("sha256") for k, v in files.items()}))
 
 
-def _pipeline_parent(client: mlflow.MlflowClient, experiment_id: str) -> str:
+def _pipeline_parent(client: mlflow.MlflowClient, experiment_id: str, key: str) -> str:
     """The parent run of the pipeline execution this stage belongs to: found by its key, else created with the
     whole params.yaml, the dataset and the code version."""
     params = _all_params()
-    key = lineage.pipeline_key()
     found = client.search_runs([experiment_id], f"tags.pipeline_key = '{key}' and tags.stage = 'pipeline'",
                                max_results=1)
     if found:
@@ -309,11 +308,11 @@ def stage_run(stage: str, params: Mapping[str, Any], experiment: str) -> Iterato
         with _store_lock(uri):
             client = mlflow.MlflowClient(uri)  # opening a new SQLite store creates its schema: inside the lock
             experiment_id = _experiment_id(experiment, uri)
-            parent_id = _pipeline_parent(client, experiment_id)
+            key = lineage.pipeline_key()
+            parent_id = _pipeline_parent(client, experiment_id, key)
             client.update_run(parent_id, status="RUNNING")
         run = mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent_id,
-                               tags={**run_tags(stage, params), "pipeline_key": client.get_run(
-                                   parent_id).data.tags["pipeline_key"]})
+                               tags={**run_tags(stage, params), "pipeline_key": key})
     except Exception as exc:  # MLflow raises many types (requests, sqlalchemy, its own) for one cause
         raise TrackingError(
             f"MLflow tracking store {uri} is not usable: {type(exc).__name__}: {exc}\n"

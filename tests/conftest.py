@@ -62,6 +62,16 @@ def write_dataset(directory: Path, n_train: int = 200, n_test: int = 50, n_class
     }
 
 
+@pytest.fixture(autouse=True)
+def forget_mlflow_tracking_uri():
+    """mlflow.set_tracking_uri (called by stages run in-process) keeps a global and exports
+    MLFLOW_TRACKING_URI; without this reset, one test's store would leak into the next."""
+    yield
+    import mlflow
+
+    mlflow.set_tracking_uri(None)
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path) -> dict:
     return write_dataset(tmp_path / "mirror")

@@ -116,3 +116,15 @@ def test_stage_writes_one_row_and_one_mlflow_run_per_configuration(params_with, 
         assert run.data.tags["stage"] == "baselines" and run.data.tags["git_commit"]
     tree = next(r for r in configurations if r.info.run_name.endswith("max_depth=4"))
     assert tree.data.params == {"classifier": "DecisionTreeClassifier", "criterion": "gini", "max_depth": "4"}
+
+
+def test_summary_keeps_published_figures_exact_and_rounds_seconds():
+    metrics, table = baselines.summarize([
+        {"configuration": "A", "classifier": "A", "accuracy": 0.8412, "accuracy_std": 0.0, "published": 0.841,
+         "fit_seconds": 52.0782, "predict_seconds": 0.1684},
+        {"configuration": "B", "classifier": "B", "accuracy": 0.9, "accuracy_std": 0.01, "published": None,
+         "fit_seconds": 1.0, "predict_seconds": 2.0}])
+    assert metrics["configurations"]["A"] == {"accuracy": 0.8412, "accuracy_std": 0.0, "published": 0.841,
+                                              "difference": 0.0002, "fit_seconds": 52.08, "predict_seconds": 0.17}
+    assert "published" not in metrics["configurations"]["B"] and metrics["best"] == "B"
+    assert len(table) == 2
