@@ -10,7 +10,7 @@
 #    sharing one DVC cache, each result committed to a throwaway ref so `report` can diff them as revisions.
 # Exit status: that of the regression gate on the committed results.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 base_branch=${1:-$(git rev-parse --verify -q origin/main >/dev/null && echo origin/main || echo main)}
 base=$(git merge-base HEAD "$base_branch")
 work=$(mktemp -d)
