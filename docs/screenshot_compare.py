@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import mlflow
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # a script run from the checkout, like bench/bench.py
+from stages import tracking
 
 
 def latest_member_runs(client: mlflow.MlflowClient, experiment_id: str) -> list[str]:
@@ -31,18 +28,6 @@ def latest_member_runs(client: mlflow.MlflowClient, experiment_id: str) -> list[
                                   order_by=["attributes.start_time DESC"], max_results=500):
         latest.setdefault(run.data.tags["stage"], run.info.run_id)
     return [latest[stage] for stage in sorted(latest)]
-
-
-def wait_for(url: str, process: subprocess.Popen, seconds: float = 90) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"mlflow server did not come up at {url}")
-            time.sleep(0.5)
 
 
 def main() -> None:
@@ -61,24 +46,13 @@ def main() -> None:
     runs = latest_member_runs(client, experiment.experiment_id)
     if len(runs) < 2:
         sys.exit(f"need at least two finished train@<member> runs in {args.store}, found {len(runs)}")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
-                               "--port", str(port), "--backend-store-uri", args.store, "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_for(f"{base}/health", server)
+    with tracking.local_server(args.store) as base:
         query = urllib.parse.urlencode({"runs": json.dumps(runs), "experiments": json.dumps([experiment.experiment_id])})
         args.out.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                         "--window-size=1400,1100", "--virtual-time-budget=30000",
                         f"--screenshot={args.out}", f"{base}/#/compare-runs?{query}"],
                        check=True, capture_output=True, timeout=180)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
     print(f"{args.out} ({args.out.stat().st_size:,} bytes): compare page of {len(runs)} member runs")
 
 

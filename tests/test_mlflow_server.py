@@ -1,23 +1,11 @@
 """`mlflow server` on the project's store serves what the stages logged, through MLflow's REST API."""
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from stages import tracking
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def get(url: str) -> dict:
@@ -40,26 +28,8 @@ def server(tmp_path, monkeypatch):
     for stage in ("verify", "preprocess"):
         with tracking.stage_run(stage, {"preprocess": {"seed": 42}}, experiment="tiny") as run:
             run.log_metrics({"count": 60000})
-    port = free_port()
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2).read()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"mlflow server did not start: {process.stderr.read().decode()[-2000:]}")
-                time.sleep(0.5)
+    with tracking.local_server(f"sqlite:///{tmp_path / 'mlflow.db'}") as base:
         yield base
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
 
 
 def test_server_serves_the_pipeline_and_its_stage_runs(server):
