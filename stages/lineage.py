@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from stages.common import digest
+
 LOCK_FILE = "dvc.lock"
 
 
@@ -50,9 +52,8 @@ def launching_dvc() -> str | None:
 def pipeline_key() -> str:
     """Same for every stage of one pipeline execution, different for the next one (or for a stage run by hand).
     Not the commit or params: a commit made while `dvc repro` runs must not split its pipeline in two."""
-    invocation = launching_dvc() or f"manual:{os.getpid()}"
-    material = f"{invocation}\n{os.environ.get('DVC_EXP_NAME', '')}"
-    return hashlib.sha256(material.encode()).hexdigest()[:16]
+    return digest({"invocation": launching_dvc() or f"manual:{os.getpid()}",
+                   "experiment": os.environ.get("DVC_EXP_NAME", "")})
 
 
 def lock_outputs(lock_path: str | Path = LOCK_FILE) -> dict[str, dict[str, str]]:
@@ -79,11 +80,6 @@ def output_hashes(paths: Iterable[str | Path]) -> dict[str, str]:
             _, _, obj = build(odb, str(path), LocalFileSystem(), "md5", dry_run=True)
             hashes[Path(path).as_posix()] = obj.hash_info.value
     return hashes
-
-
-def file_md5(path: str | Path) -> str | None:
-    path = Path(path)
-    return hashlib.md5(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def stage_outputs(stage: str) -> list[str]:

@@ -246,6 +246,8 @@ def test_sigkill_mid_training_leaves_nothing_to_cache_and_the_rerun_resumes_to_i
     import os
     import signal
 
+    import torch
+
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["epochs"] = 6  # long enough to be killed mid-run
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -268,13 +270,8 @@ def test_sigkill_mid_training_leaves_nothing_to_cache_and_the_rerun_resumes_to_i
     metrics_after_kill = json.loads((repo / "metrics/train/m0.json").read_text())
     assert ran(sh(repo, "dvc", "repro", "-f", "-s", "train@m0")) == ["train@m0"]  # uninterrupted, from scratch
     uninterrupted = state_dict(repo / "models/members/m0.pt")
-    assert all(torch_equal(after_kill[k], uninterrupted[k]) for k in uninterrupted)
+    assert all(torch.equal(after_kill[k], uninterrupted[k]) for k in uninterrupted)
     metrics = json.loads((repo / "metrics/train/m0.json").read_text())
     for key in ("best_epoch", "val_loss", "val_accuracy"):  # `dvc repro -f` on the CPU reproduces the metrics
         assert metrics[key] == metrics_after_kill[key], key
 
-
-def torch_equal(a, b) -> bool:
-    import torch
-
-    return torch.equal(a, b)
