@@ -47,7 +47,7 @@ def member_weights(val_accuracies: list[float], method: str) -> np.ndarray:
 def member_probabilities(model: nn.Module, images: np.ndarray, mean: torch.Tensor, std: torch.Tensor,
                          device: torch.device, mirrored: bool = False, batch_size: int = 2048) -> np.ndarray:
     """Softmax outputs of one member for uint8 images (N, H, W), or for their mirror images."""
-    model.eval().to(device)
+    model = nets.for_inference(model.to(device))
     norm = Normalizer(mean.to(device), std.to(device), channels_last=True)
     out = []
     for start in range(0, len(images), batch_size):

@@ -93,7 +93,7 @@ def make_optimizer(model: nn.Module, cfg: Train) -> torch.optim.Optimizer:
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Images, norm: Normalizer, cfg: Train) -> tuple[float, float]:
     """Mean cross-entropy (no label smoothing) and accuracy of `model` on `data`."""
-    model.eval()
+    model = nets.for_inference(model)
     device = data.x.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)

@@ -11,6 +11,19 @@ def test_every_net_maps_a_batch_to_class_logits(name):
     assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
 
 
+@pytest.mark.parametrize("name", nets.NETS)
+def test_inference_copy_folds_batchnorm_without_changing_outputs(name):
+    torch.manual_seed(0)
+    model = nets.build(name, 10, (28, 28))
+    model.train()(torch.randn(64, 1, 28, 28))  # non-trivial running statistics to fold
+    folded = nets.for_inference(model)
+    x = torch.randn(8, 1, 28, 28)
+    torch.testing.assert_close(folded(x), model.eval()(x), rtol=1e-4, atol=1e-5)
+    if name == "fast":  # conv -> BN pairs only there; the WRN's BNs precede their convs
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) or name == "cmasch"
+
+
 def test_cmasch_matches_the_published_keras_model_size():
     # Keras reports 493,898 including BatchNormalization's 128 moving statistics, which are buffers here.
     assert nets.count_parameters(nets.build("cmasch", 10, (28, 28))) == 493_898 - 128
