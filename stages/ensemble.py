@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +46,8 @@ def member_weights(val_accuracies: list[float], method: str) -> np.ndarray:
 @torch.no_grad()
 def member_probabilities(model: nn.Module, images: np.ndarray, mean: torch.Tensor, std: torch.Tensor,
                          device: torch.device, mirrored: bool = False, batch_size: int = 2048) -> np.ndarray:
-    """Softmax outputs of one member (an inference copy: nets.for_inference) for uint8 images (N, H, W), or for
-    their mirror images."""
-    model.eval().to(device)
+    """Softmax outputs of one member for uint8 images (N, H, W), or for their mirror images."""
+    model = nets.for_inference(model.to(device))
     norm = Normalizer(mean.to(device), std.to(device), channels_last=True)
     out = []
     for start in range(0, len(images), batch_size):
@@ -72,17 +71,12 @@ class Ensemble:
     tta_flip: bool
     classes: list[str]
     image_shape: tuple[int, int]
-    inference_members: list[nn.Module] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        # BatchNorm folded once per loaded ensemble, not on every prediction call
-        self.inference_members = [nets.for_inference(m) for m in self.members]
 
     def member_probabilities(self, images: np.ndarray, device: torch.device | str = "cpu",
                              mirrored: bool = False) -> np.ndarray:
         """(M, N, C) probabilities of every member for the images, or for their mirror images."""
         return np.stack([member_probabilities(m, images, s["mean"], s["std"], torch.device(device), mirrored)
-                         for m, s in zip(self.inference_members, self.states)])
+                         for m, s in zip(self.members, self.states)])
 
     def predict_proba(self, images: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
         """(N, C) ensemble probabilities for uint8 images (N, H, W), with flip TTA when the ensemble uses it."""
@@ -127,7 +121,7 @@ def validation_accuracies(ensemble: Ensemble, data_dir: Path, device: torch.devi
     images, labels = np.load(data_dir / "images.npy"), np.load(data_dir / "labels.npy")
     is_val = np.load(data_dir / "is_val.npy")
     plain, flipped = [], []
-    for model, state in zip(ensemble.inference_members, ensemble.states):
+    for model, state in zip(ensemble.members, ensemble.states):
         val = is_val[state["split"]]
         probs = member_probabilities(model, images[val], state["mean"], state["std"], device)
         mirrored = member_probabilities(model, images[val], state["mean"], state["std"], device, mirrored=True)

@@ -21,8 +21,7 @@ def test_inference_copy_folds_batchnorm_without_changing_outputs(name):
     torch.testing.assert_close(folded(x), model.eval()(x), rtol=1e-4, atol=1e-5)
     if name == "fast":  # conv -> BN pairs only there; the WRN's BNs precede their convs
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
-    batchnorms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    assert batchnorms, "the original keeps its BatchNorm layers: folding works on a copy"
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) or name == "cmasch"
 
 
 def test_cmasch_matches_the_published_keras_model_size():
