@@ -45,9 +45,11 @@ def member_weights(val_accuracies: list[float], method: str) -> np.ndarray:
 
 @torch.no_grad()
 def member_probabilities(model: nn.Module, images: np.ndarray, mean: torch.Tensor, std: torch.Tensor,
-                         device: torch.device, mirrored: bool = False, batch_size: int = 2048) -> np.ndarray:
+                         device: torch.device, mirrored: bool = False, batch_size: int = 512) -> np.ndarray:
     """Softmax outputs of one member for uint8 images (N, H, W), or for their mirror images."""
-    model = nets.for_inference(model.to(device))
+    # Weights in the input's channels-last layout and batches that stay in cache: 12,000 images took 2.3 s
+    # instead of 5.7 s (fp32, 2 cores), with the same probabilities up to 1e-6.
+    model = nets.for_inference(model.to(device, memory_format=torch.channels_last))
     norm = Normalizer(mean.to(device), std.to(device), channels_last=True)
     out = []
     for start in range(0, len(images), batch_size):

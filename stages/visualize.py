@@ -42,12 +42,12 @@ def _classifier_head(model: nn.Module) -> nn.Linear:
 
 
 @torch.no_grad()
-def penultimate_features(ensemble: Ensemble, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+def penultimate_features(ensemble: Ensemble, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """(N, sum of members' feature sizes): each member's input to its last linear layer, concatenated, because
     the members' feature spaces are unrelated and averaging them would mix unrelated axes."""
     per_member = []
     for model, state in zip(ensemble.members, ensemble.states):
-        model.eval()
+        model.eval().to(memory_format=torch.channels_last)  # the input's layout: see ensemble.member_probabilities
         norm = Normalizer(state["mean"], state["std"], channels_last=True)
         captured: list[torch.Tensor] = []
         hook = _classifier_head(model).register_forward_pre_hook(
