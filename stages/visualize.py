@@ -47,7 +47,6 @@ def penultimate_features(ensemble: Ensemble, images: np.ndarray, batch_size: int
     the members' feature spaces are unrelated and averaging them would mix unrelated axes."""
     per_member = []
     for model, state in zip(ensemble.members, ensemble.states):
-        model.eval().to(memory_format=torch.channels_last)  # the input's layout: see ensemble.member_probabilities
         norm = Normalizer(state["mean"], state["std"], channels_last=True)
         captured: list[torch.Tensor] = []
         hook = _classifier_head(model).register_forward_pre_hook(
