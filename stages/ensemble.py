@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,16 +44,26 @@ def member_weights(val_accuracies: list[float], method: str) -> np.ndarray:
     return accuracies / accuracies.sum() if method == "weighted" else np.full(len(accuracies), 1 / len(accuracies))
 
 
+# Batches that stay in cache: with channels-last weights (Ensemble.__post_init__), 12,000 images took 2.3 s
+# instead of 5.7 s at 2,048 contiguous (fp32, 2 cores), with the same probabilities up to 1e-6.
+INFERENCE_BATCH = 512
+
+
+def input_batches(images: np.ndarray, mean: torch.Tensor, std: torch.Tensor, device: torch.device,
+                  batch_size: int = INFERENCE_BATCH) -> Iterator[torch.Tensor]:
+    """uint8 images (N, H, W) as normalized, channels-last (B, 1, H, W) batches on `device`, in order."""
+    norm = Normalizer(mean.to(device), std.to(device), channels_last=True)
+    for start in range(0, len(images), batch_size):
+        yield norm(torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device).unsqueeze(1))
+
+
 @torch.no_grad()
 def member_probabilities(model: nn.Module, images: np.ndarray, mean: torch.Tensor, std: torch.Tensor,
-                         device: torch.device, mirrored: bool = False, batch_size: int = 512) -> np.ndarray:
+                         device: torch.device, mirrored: bool = False) -> np.ndarray:
     """Softmax outputs of one member for uint8 images (N, H, W), or for their mirror images."""
     model = nets.for_inference(model.to(device))
-    norm = Normalizer(mean.to(device), std.to(device), channels_last=True)
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = norm(torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device).unsqueeze(1))
-        out.append(model(x.flip(-1) if mirrored else x).float().softmax(1).cpu().numpy())
+    out = [model(x.flip(-1) if mirrored else x).float().softmax(1).cpu().numpy()
+           for x in input_batches(images, mean, std, device)]
     return np.concatenate(out).astype(np.float64)
 
 
@@ -73,8 +84,7 @@ class Ensemble:
     image_shape: tuple[int, int]
 
     def __post_init__(self) -> None:
-        # Weights in the channels-last layout the inputs come in (and batches of 512 in member_probabilities):
-        # 12,000 images took 2.3 s instead of 5.7 s (fp32, 2 cores), with the same probabilities up to 1e-6.
+        # the layout input_batches delivers: several times faster than contiguous weights on a CPU
         for model in self.members:
             model.eval().to(memory_format=torch.channels_last)
 

@@ -20,8 +20,7 @@ from stages import figures, tracking
 from stages.common import atomic_dir, run_main
 from stages.config import Visualize, load_params
 from stages.device import set_threads
-from stages.ensemble import Ensemble
-from stages.train import Normalizer
+from stages.ensemble import INFERENCE_BATCH, Ensemble, input_batches
 
 log = logging.getLogger("stages.visualize")
 
@@ -42,18 +41,17 @@ def _classifier_head(model: nn.Module) -> nn.Linear:
 
 
 @torch.no_grad()
-def penultimate_features(ensemble: Ensemble, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+def penultimate_features(ensemble: Ensemble, images: np.ndarray, batch_size: int = INFERENCE_BATCH) -> np.ndarray:
     """(N, sum of members' feature sizes): each member's input to its last linear layer, concatenated, because
     the members' feature spaces are unrelated and averaging them would mix unrelated axes."""
     per_member = []
     for model, state in zip(ensemble.members, ensemble.states):
-        norm = Normalizer(state["mean"], state["std"], channels_last=True)
         captured: list[torch.Tensor] = []
         hook = _classifier_head(model).register_forward_pre_hook(
             lambda _, inputs, into=captured: into.append(inputs[0].flatten(1).float()))
         try:
-            for start in range(0, len(images), batch_size):
-                model(norm(torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).unsqueeze(1)))
+            for x in input_batches(images, state["mean"], state["std"], torch.device("cpu"), batch_size):
+                model(x)
         finally:
             hook.remove()
         per_member.append(torch.cat(captured).numpy())
