@@ -139,9 +139,14 @@ class StageRun:
 
     def log_torch_model(self, model: Any, example: Any) -> None:
         """The model in MLflow's pytorch flavor, with a signature inferred from `example` (a numpy batch)."""
+        import copy
+
         import mlflow.pytorch
         import torch
 
+        # MLflow saves it with torch.export, which warns on every channels-last weight ("No complete tensor
+        # found in the group"): saved right, but noise in every training log. A contiguous copy saves quietly.
+        model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
         with torch.no_grad():
             output = model(torch.from_numpy(example)).numpy()
         mlflow.pytorch.log_model(
@@ -183,6 +188,11 @@ class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
         from stages.ensemble import Ensemble
 
         self.ensemble = Ensemble.load(context.artifacts["ensemble"])
+
+    def __getstate__(self) -> dict:
+        # log_model pickles this object after load_context ran for the signature: without this, the members'
+        # weights would be stored twice (pickle and ensemble.pt); load_context reloads them from the artifact.
+        return {k: v for k, v in self.__dict__.items() if k != "ensemble"}
 
     def predict(self, context, model_input, params=None):
         from stages.predict import as_images, prediction_frame  # late, as above

@@ -43,6 +43,31 @@ def test_stage_run_logs_params_metrics_and_tags(monkeypatch, tmp_path):
     assert logged.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
 
 
+def test_a_channels_last_member_logs_quietly_and_loads_back_with_the_same_outputs(monkeypatch, tmp_path):
+    import warnings
+
+    import numpy as np
+    import torch
+
+    from stages import nets
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    torch.manual_seed(0)
+    model = nets.build("fast", 3, (28, 28)).to(memory_format=torch.channels_last).eval()  # as training leaves it
+    example = np.random.default_rng(0).normal(size=(2, 1, 28, 28)).astype(np.float32)
+    with tracking.stage_run("train", {}, experiment="tiny") as run, warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        run.log_torch_model(model, example)
+    assert not [w for w in seen if "complete tensor" in str(w.message)]
+    assert not model.features[2][0].weight.is_contiguous(), "the caller's model keeps its layout"
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    loaded = mlflow.pytorch.load_model(f"runs:/{run.run_id}/model")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(torch.from_numpy(example)), model(torch.from_numpy(example)))
+
+
 @pytest.mark.fault
 def test_failing_stage_leaves_a_failed_run_and_a_failed_pipeline(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
