@@ -62,7 +62,6 @@ def test_a_channels_last_member_logs_quietly_and_loads_back_with_the_same_output
         run.log_torch_model(model, example)
     assert not [w for w in seen if "complete tensor" in str(w.message)]
     assert not model.features[2][0].weight.is_contiguous(), "the caller's model keeps its layout"
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     loaded = mlflow.pytorch.load_model(f"runs:/{run.run_id}/model")
     with torch.no_grad():
         torch.testing.assert_close(loaded(torch.from_numpy(example)), model(torch.from_numpy(example)))
