@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stages import nets
 from stages.config import load_params
 from stages.device import autocast, pick_device, set_threads
-from stages.train import Images, Normalizer, evaluate, fit, load_member_data
+from stages.nets import Normalizer
+from stages.train import Images, evaluate, fit, load_member_data
 
 TARGETS = (0.92, 0.93, 0.94)
 

@@ -19,7 +19,7 @@ import mlflow
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # a script run from the checkout, like bench/bench.py
-from stages import tracking
+from stages import mlflow_server
 
 
 def latest_member_runs(client: mlflow.MlflowClient, experiment_id: str) -> list[str]:
@@ -46,7 +46,7 @@ def main() -> None:
     runs = latest_member_runs(client, experiment.experiment_id)
     if len(runs) < 2:
         sys.exit(f"need at least two finished train@<member> runs in {args.store}, found {len(runs)}")
-    with tracking.local_server(args.store) as base:
+    with mlflow_server.local_server(args.store) as base:
         query = urllib.parse.urlencode({"runs": json.dumps(runs), "experiments": json.dumps([experiment.experiment_id])})
         args.out.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from stages import nets, tracking
+from stages.checkpoint import load_member, save_checkpoint
 from stages.common import StageError, run_main, write_json
 from stages.config import EnsembleConfig, load_params
 from stages.device import pick_device, set_threads
-from stages.train import Normalizer, load_member, save_checkpoint
 
 log = logging.getLogger("stages.ensemble")
 # Hard votes give some classes probability 0; log-loss needs a floor.
@@ -52,7 +52,7 @@ INFERENCE_BATCH = 512
 def input_batches(images: np.ndarray, mean: torch.Tensor, std: torch.Tensor, device: torch.device,
                   batch_size: int = INFERENCE_BATCH) -> Iterator[torch.Tensor]:
     """uint8 images (N, H, W) as normalized, channels-last (B, 1, H, W) batches on `device`, in order."""
-    norm = Normalizer(mean.to(device), std.to(device), channels_last=True)
+    norm = nets.Normalizer(mean.to(device), std.to(device), channels_last=True)
     for start in range(0, len(images), batch_size):
         yield norm(torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device).unsqueeze(1))
 

@@ -1,17 +1,26 @@
-"""What ties a stage's run to its pipeline: which `dvc repro` launched it, and which outputs DVC records for it.
+"""Lineage: what ties a stage's MLflow run to the code, params and pipeline that made it. The tags of a run
+(commit, params digest, DVC experiment), which `dvc repro` launched it, which outputs DVC records for it, and the
+pipeline's parent run that names, for every stage, the run that produced what it holds.
 
-No MLflow here; tracking.py turns these facts into parent runs and lineage tags.
+tracking.py opens the stage runs and calls this module for their tags and their parent.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-from collections.abc import Iterable
+import re
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
+import mlflow
 import yaml
+from mlflow.entities import Metric, RunTag
 
-from stages.common import digest
+from stages.common import digest, flatten, repo_root
 
 LOCK_FILE = "dvc.lock"
 
@@ -103,8 +112,121 @@ def outputs_digest(outputs: dict[str, dict[str, str]]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
+
+
+def run_tags(stage: str, params: Mapping[str, Any]) -> dict[str, str]:
+    """Tags that make a run traceable: stage, code version, params digest, DVC experiment."""
+    # Outputs that `dvc repro` itself writes and stages do not make the code dirty.
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock", ":!metrics",
+                  ":!**/.gitignore")
+    tags = {
+        "stage": stage,
+        "git_commit": _git("rev-parse", "HEAD") or "unknown",
+        "git_dirty": "unknown" if status is None else str(bool(status)).lower(),
+        "params_hash": digest(params),
+    }
+    for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+def run_key(stage: str) -> str:
+    """Stage names such as train@m0 as MLflow metric/tag keys, which allow no '@'."""
+    return stage.replace("@", "/")
+
+
+def _all_params() -> dict[str, Any]:
+    path = Path("params.yaml")
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def _dataset_input(params: Mapping[str, Any]) -> Any:
+    """The dataset as an MLflow input: its digest is that of the decoded files' SHA-256s (what verify checks),
+    so two runs on the same bytes show the same dataset whatever mirror served them."""
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    dataset = params.get("dataset") or {}
+    files = dataset.get("files") or {}
+    mirrors = [m.get("location", "") for m in dataset.get("mirrors") or []]
+    source = next((m for m in mirrors if m.startswith(("http://", "https://"))), None) or (
+        (repo_root() / "data" / "raw").as_uri())
+    return MetaDataset(HTTPDatasetSource(source), name=dataset.get("name", "dataset"),
+                       digest=digest({k: v.get("sha256") for k, v in files.items()}))
+
+
+def pipeline_parent(client: mlflow.MlflowClient, experiment_id: str, key: str) -> str:
+    """The parent run of the pipeline execution this stage belongs to: found by its key, else created with the
+    whole params.yaml, the dataset and the code version."""
+    params = _all_params()
+    found = client.search_runs([experiment_id], f"tags.pipeline_key = '{key}' and tags.stage = 'pipeline'",
+                               max_results=1)
+    if found:
+        return found[0].info.run_id
+    tags = {**run_tags("pipeline", params), "pipeline_key": key}
+    name = os.environ.get("DVC_EXP_NAME") or "pipeline"
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags) as parent:
+        flat = flatten(params)
+        for start in range(0, len(flat), 100):  # MLflow takes at most 100 params per call
+            mlflow.log_params(dict(list(flat.items())[start:start + 100]))
+        mlflow.log_input(_dataset_input(params), context="train+test")
+    return parent.info.run_id
+
+
+# What MLflow accepts in a metric name; metrics files may hold others (baselines' 'SVC C=10 kernel=rbf').
+_METRIC_NAME = re.compile(r"[^/\w.\- :]")
+
+
+def _metrics_files(outputs: dict[str, dict[str, str]]) -> list[Path]:
+    return sorted({Path(path) for outs in outputs.values() for path in outs
+                   if path.startswith("metrics/") and path.endswith(".json") and Path(path).is_file()})
+
+
+def _producer(client: mlflow.MlflowClient, experiment_id: str, stage: str, outs: Mapping[str, str]) -> str:
+    """'cached <run id>' of the run that wrote the outputs dvc.lock records for a stage DVC did not rerun."""
+    for path, md5 in outs.items():
+        hits = client.search_runs([experiment_id], f"tags.stage = '{stage}' and tags.dvc_outs LIKE '%{path}={md5}%'",
+                                  max_results=1, order_by=["attributes.start_time DESC"])
+        if hits:
+            return f"cached {hits[0].info.run_id}"
+    return "cached (no run in this store wrote its outputs)"
+
+
+def update_pipeline(client: mlflow.MlflowClient, experiment_id: str, parent_id: str, stage: str, run_id: str,
+                    produced: dict[str, str], status: str) -> None:
+    """Bring the parent's lineage up to date: this stage's run, the producing run of every stage DVC skipped,
+    the digest of all recorded outputs, and every metrics file's numbers, so the pipeline row is complete."""
+    outputs = {**lock_outputs(), stage: produced}
+    existing = client.get_run(parent_id).data.tags
+    tags = {f"lineage.{run_key(stage)}": f"{'ran' if status == 'FINISHED' else 'failed'} {run_id}",
+            "dvc_outs_digest": outputs_digest(outputs)}
+    for other, outs in outputs.items():
+        key = f"lineage.{run_key(other)}"
+        if other != stage and not existing.get(key, "").startswith(("ran ", "failed ")):
+            tags[key] = _producer(client, experiment_id, other, outs)
+    metrics = {}
+    for path in _metrics_files(outputs):
+        name = run_key(path.relative_to("metrics").with_suffix("").as_posix())
+        values = flatten(json.loads(path.read_text()))
+        metrics.update({_METRIC_NAME.sub("_", f"{name}/{k}"): float(v) for k, v in values.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    now = int(time.time() * 1000)
+    entries = [Metric(k, v, now, 0) for k, v in metrics.items()]
+    for start in range(0, max(len(entries), 1), 1000):
+        client.log_batch(parent_id, metrics=entries[start:start + 1000],
+                         tags=[RunTag(k, v) for k, v in tags.items()] if start == 0 else [])
+    client.set_terminated(parent_id, status=status)
+
+
 if __name__ == "__main__":
     import sys
 
-    # The digest tracking.py tags pipeline runs with, for a given dvc.lock: `python -m stages.lineage dvc.lock`.
+    # The digest pipeline runs are tagged with, for a given dvc.lock: `python -m stages.lineage dvc.lock`.
     print(outputs_digest(lock_outputs(sys.argv[1] if len(sys.argv) > 1 else LOCK_FILE)))

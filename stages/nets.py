@@ -1,5 +1,8 @@
-"""The model zoo: nn.Module definitions and build(name, ...); no training code here."""
+"""The model zoo: nn.Module definitions, build(name, ...) and the input normalization every net takes; no training
+code here."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -117,3 +120,16 @@ def for_inference(model: nn.Module) -> nn.Module:
     """An eval-mode copy with each BatchNorm folded into the conv before it: the same function up to float
     rounding, about 1.3x faster on a CPU (validation every epoch, ensemble and evaluate)."""
     return fuse(model.eval(), inplace=False)
+
+
+@dataclass
+class Normalizer:
+    """Pixels as every net takes them: the training set's mean and std, in the layout the net runs fastest in."""
+    mean: torch.Tensor
+    std: torch.Tensor
+    channels_last: bool
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels -> normalized float32, in the memory layout the net runs fastest in."""
+        out = (x.float() / 255 - self.mean) / self.std
+        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out

@@ -20,9 +20,11 @@ from tqdm import tqdm
 
 from stages import nets, tracking
 from stages.augment import augment
+from stages.checkpoint import save_checkpoint
 from stages.common import StageError, atomic_path, digest, run_main, write_json
 from stages.config import Params, Train, load_params
 from stages.device import autocast, pick_device, set_threads
+from stages.nets import Normalizer
 
 log = logging.getLogger("stages.train")
 
@@ -35,18 +37,6 @@ class Images:
 
     def __len__(self) -> int:
         return len(self.y)
-
-
-@dataclass
-class Normalizer:
-    mean: torch.Tensor
-    std: torch.Tensor
-    channels_last: bool
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 pixels -> normalized float32, in the memory layout the net runs fastest in."""
-        out = (x.float() / 255 - self.mean) / self.std
-        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
 
 
 @dataclass
@@ -109,11 +99,6 @@ def evaluate(model: nn.Module, data: Images, norm: Normalizer, cfg: Train) -> tu
 def batches_per_epoch(n: int, batch_size: int) -> int:
     """Full batches only (a last batch of 1 would break BatchNorm); at least one."""
     return max(1, n // batch_size)
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
 
 
 def fit(
@@ -287,14 +272,6 @@ def save_member(path: Path, model: nn.Module, norm: Normalizer, params: Params, 
         "val_accuracy": result.best["val_accuracy"],
     }
     save_checkpoint(path, state)
-
-
-def load_member(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """A saved member, ready for inference; never unpickles arbitrary objects."""
-    state = torch.load(path, map_location=device, weights_only=True)
-    model = nets.build(state["net"], len(state["classes"]), tuple(state["image_shape"]))
-    model.load_state_dict(state["state_dict"])
-    return model.to(device).eval(), state
 
 
 if __name__ == "__main__":

@@ -109,25 +109,6 @@ def test_ensemble_folds_batchnorm_once_not_per_prediction(monkeypatch):
     np.testing.assert_array_equal(ensemble.predict_proba(images), first)
 
 
-def test_logged_pyfunc_pickles_without_the_weights_and_reloads_them(tmp_path):
-    import cloudpickle
-    import mlflow
-
-    from stages.tracking import EnsemblePyfunc
-
-    tiny_ensemble().save(tmp_path / "e.pt")
-    context = mlflow.pyfunc.PythonModelContext(artifacts={"ensemble": str(tmp_path / "e.pt")}, model_config={})
-    model = EnsemblePyfunc()
-    model.load_context(context)
-    images = RNG.integers(0, 256, (2, 28, 28), dtype=np.uint8)
-    expected = model.predict(context, images)
-    pickled = cloudpickle.dumps(model)
-    assert len(pickled) < (tmp_path / "e.pt").stat().st_size / 10, "the weights travel in ensemble.pt only"
-    restored = cloudpickle.loads(pickled)
-    restored.load_context(context)
-    assert restored.predict(context, images).equals(expected)
-
-
 def test_flip_tta_averages_the_image_and_its_mirror():
     ensemble = tiny_ensemble()
     images = RNG.integers(0, 256, (4, 28, 28), dtype=np.uint8)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from stages import tracking
+from stages import mlflow_server, tracking
 
 
 def get(url: str) -> dict:
@@ -28,7 +28,7 @@ def server(tmp_path, monkeypatch):
     for stage in ("verify", "preprocess"):
         with tracking.stage_run(stage, {"preprocess": {"seed": 42}}, experiment="tiny") as run:
             run.log_metrics({"count": 60000})
-    with tracking.local_server(f"sqlite:///{tmp_path / 'mlflow.db'}") as base:
+    with mlflow_server.local_server(f"sqlite:///{tmp_path / 'mlflow.db'}") as base:
         yield base
 
 

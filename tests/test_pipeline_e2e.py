@@ -235,6 +235,32 @@ def test_registered_model_and_predict_command_agree_on_a_png(repo, tmp_path):
     assert rows[0]["class"] == predict_class
 
 
+def cached_outputs(repo: Path) -> dict[str, str]:
+    """{path: md5} that dvc.lock records for every output DVC caches (data, models); metrics and plots are
+    `cache: false` and may carry timings."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc_repo:
+        cached = {out.def_path for stage in dvc_repo.index.stages for out in stage.outs if out.use_cache}
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    return {out["path"]: out["md5"] for entry in lock.values() for out in entry.get("outs", [])
+            if out["path"] in cached}
+
+
+def test_two_forced_reruns_write_identical_bytes_for_every_cached_output(repo):
+    small_profile(repo)
+    outputs = []
+    for _ in range(2):
+        assert sorted(ran(sh(repo, "dvc", "repro", "-f"))) == [  # every stage of the CI profile, from scratch
+            "baselines", "download", "ensemble", "evaluate", "preprocess", "train@m0", "train@m1", "verify",
+            "visualize"]
+        outputs.append(cached_outputs(repo))
+    assert set(outputs[0]) == {"data/raw", "data/processed/train", "data/processed/test", "models/members/m0.pt",
+                               "models/members/m1.pt", "models/ensemble.pt"}
+    changed = {path: (md5, outputs[1][path]) for path, md5 in outputs[0].items() if outputs[1][path] != md5}
+    assert not changed, f"same commit, same params, different bytes: {changed}"
+
+
 def state_dict(path: Path) -> dict:
     import torch
 

@@ -1,10 +1,11 @@
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
 
 from stages import tracking
-from stages.common import digest
+from stages.common import digest, flatten
 
 
 def test_local_store_is_anchored_at_dvc_root_not_cwd(monkeypatch, tmp_path):
@@ -17,7 +18,7 @@ def test_local_store_is_anchored_at_dvc_root_not_cwd(monkeypatch, tmp_path):
 
 
 def test_flatten_nests_and_indexes():
-    flat = tracking.flatten({"a": {"b": 1, "c": [1, 2]}, "m": [{"x": 1}, {"x": 2}], "s": "v"})
+    flat = flatten({"a": {"b": 1, "c": [1, 2]}, "m": [{"x": 1}, {"x": 2}], "s": "v"})
     assert flat == {"a.b": 1, "a.c": "[1, 2]", "m.0.x": 1, "m.1.x": 2, "s": "v"}
 
 
@@ -121,3 +122,45 @@ def test_unreachable_server_fails_fast_naming_the_uri(monkeypatch):
         with tracking.stage_run("verify", {}, experiment="tiny"):
             pass
     assert time.monotonic() - started < 30
+
+
+def test_the_ensemble_is_logged_as_code_and_loads_without_unpickling(monkeypatch, tmp_path):
+    import warnings
+
+    import numpy as np
+    import yaml
+
+    from tests.conftest import tiny_ensemble
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    ensemble = tiny_ensemble()
+    ensemble.save(tmp_path / "ensemble.pt")
+    images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    with tracking.stage_run("evaluate", {}, experiment="tiny") as run, warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        run.log_ensemble_model(tmp_path / "ensemble.pt", images[:2], name="tiny-ensemble")
+    assert not [w for w in seen if "pickle" in str(w.message).lower()], [str(w.message) for w in seen]
+    local = mlflow.artifacts.download_artifacts(f"runs:/{run.run_id}/ensemble", dst_path=str(tmp_path / "model"))
+    files = {p.relative_to(local).as_posix() for p in Path(local).rglob("*") if p.is_file()}
+    assert not [f for f in files if f.endswith((".pkl", ".pickle"))], files  # nothing cloudpickled
+    flavor = yaml.safe_load((Path(local) / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor["model_code_path"].endswith("ensemble_pyfunc.py")
+    requirements = (Path(local) / "requirements.txt").read_text().split()
+    assert set(requirements) >= set(tracking.locked_requirements(tracking.SERVING_PACKAGES))
+    loaded = mlflow.pyfunc.load_model("models:/tiny-ensemble/1")
+    frame = loaded.predict(images)
+    np.testing.assert_allclose(frame[ensemble.classes].to_numpy(), ensemble.predict_proba(images), rtol=1e-6)
+    assert list(frame["class"]) == [ensemble.classes[i] for i in ensemble.predict_proba(images).argmax(1)]
+
+
+@pytest.mark.fault
+def test_a_lock_without_a_pin_names_the_package_and_the_fix(tmp_path):
+    lock = tmp_path / "requirements.lock"
+    lock.write_text("numpy==2.0.0 \\\n    --hash=sha256:00\n")
+    assert tracking.locked_requirements(("numpy",), lock) == ["numpy==2.0.0"]
+    with pytest.raises(tracking.TrackingError, match=r"requirements.lock: no pin for torch.*make lock"):
+        tracking.locked_requirements(("numpy", "torch"), lock)
+    with pytest.raises(tracking.TrackingError, match=r"missing.lock: cannot read"):
+        tracking.locked_requirements(("numpy",), tmp_path / "missing.lock")

@@ -1,0 +1,46 @@
+"""A local `mlflow server`, for tests and scripts that need the tracking REST API and the UI rather than a
+store file."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from stages.tracking import TrackingError
+
+
+@contextlib.contextmanager
+def local_server(store_uri: str, startup_s: float = 90) -> Iterator[str]:
+    """`mlflow server` for `store_uri` on 127.0.0.1 (never all interfaces) and a free port, for as long as the
+    block runs; yields its base URL once /health answers, and stops it and its workers afterwards."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", store_uri, "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + startup_s
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2).read()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    reason = (process.stderr.read().decode()[-2000:] if process.poll() is not None
+                              else f"no answer in {startup_s:g} s")
+                    raise TrackingError(f"mlflow server for {store_uri} did not start: {reason}") from None
+                time.sleep(0.5)
+        yield base
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
