@@ -25,13 +25,13 @@ $(VENV)/.installed: $(LOCK) pyproject.toml
 	@$(PYTHON) -c 'import sys; v = "%d.%d" % sys.version_info[:2]; sys.exit(0 if v == "$(LOCK_PYTHON)" else \
 	  "$(LOCK) pins packages for CPython $(LOCK_PYTHON) on $(LOCK_PLATFORM), not " + v + ": run make with \
 	  PYTHON=python$(LOCK_PYTHON), or resolve a lock for your Python (make lock LOCK_PYTHON=...)")'
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv --clear $(VENV)  # from scratch: nothing left over from an older lock
 	$(PIP_INSTALL) --require-hashes --no-deps -r $(LOCK)
 	$(PIP_INSTALL) --no-deps -e .
 	touch $@
 
 # Re-resolve the lock from pyproject.toml's ranges (newest versions that satisfy them) and lock-constraints.txt.
-lock: setup
+lock: | $(VENV)/.installed  # uv comes from the lock itself
 	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --no-header --quiet \
 	  --python-version $(LOCK_PYTHON) --python-platform $(LOCK_PLATFORM) \
 	  --constraint lock-constraints.txt $(TORCH_SOURCE) --index-strategy unsafe-best-match -o $(LOCK)

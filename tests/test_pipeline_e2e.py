@@ -261,6 +261,85 @@ def test_two_forced_reruns_write_identical_bytes_for_every_cached_output(repo):
     assert not changed, f"same commit, same params, different bytes: {changed}"
 
 
+@pytest.fixture(scope="module")
+def s3_remote(monkeypatch_module) -> str:
+    """A real S3 API (moto's server, as DVC's own tests use) on 127.0.0.1, with an empty bucket 'team'."""
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a log line per S3 request
+    server = ThreadedMotoServer("127.0.0.1", 0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for key, value in {"AWS_ACCESS_KEY_ID": "team-key", "AWS_SECRET_ACCESS_KEY": "team-secret",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():  # from the environment, never from git
+        monkeypatch_module.setenv(key, value)
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="team")
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def set_epochs(repo: Path, epochs: int) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["epochs"] = epochs
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_a_teammate_pulls_results_and_the_run_cache_instead_of_retraining(repo, s3_remote, tmp_path):
+    small_profile(repo)
+    sh(repo, "dvc", "repro")  # the whole CI profile, as earlier tests left it or from scratch
+    sh(repo, "dvc", "remote", "add", "-d", "team", "s3://team/dvc")
+    sh(repo, "dvc", "remote", "modify", "team", "endpointurl", s3_remote)
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "CI profile, team remote")
+    sh(repo, "python", "-m", "stages.share", "push")
+
+    teammate = tmp_path / "teammate"
+    subprocess.run(["git", "clone", "-q", str(repo), str(teammate)], check=True)
+    sh(teammate, "python", "-m", "stages.share", "pull")
+    assert "up to date" in sh(teammate, "dvc", "status")
+    assert ran(sh(teammate, "dvc", "repro")) == []
+    predict = ("python", "-m", "stages.predict", "models/ensemble.pt", "data/raw/t10k-images-idx3-ubyte.gz",
+               "--limit", "50")
+    predictions = sh(teammate, *predict)
+    assert predictions == sh(repo, *predict) and predictions.count("\n") == 50
+
+    set_epochs(teammate, 1)  # a change reruns exactly the stages that read train
+    assert sorted(ran(sh(teammate, "dvc", "repro"))) == ["ensemble", "evaluate", "train@m0", "train@m1",
+                                                          "visualize"]
+    set_epochs(teammate, 2)  # back to what clone A ran: DVC restores it from the pulled run-cache
+    restored = sh(teammate, "dvc", "repro")
+    assert ran(restored) == [], restored
+    assert "Stage 'train@m0' is cached - skipping run" in restored
+    assert cached_outputs(teammate) == cached_outputs(repo)
+
+
+@pytest.mark.fault
+def test_a_remote_that_is_down_or_refuses_fails_naming_it_and_changes_nothing(repo, s3_remote, tmp_path):
+    teammate = tmp_path / "teammate"
+    subprocess.run(["git", "clone", "-q", str(repo), str(teammate)], check=True)
+    before = sorted(p.name for p in teammate.iterdir())
+    sh(teammate, "dvc", "remote", "modify", "--local", "team", "endpointurl", "http://127.0.0.1:9")
+    down = sh(teammate, "python", "-m", "stages.share", "pull", check=False)
+    assert "pull from DVC remote s3://team/dvc (endpoint http://127.0.0.1:9) failed" in down
+    assert "To fix: start the server" in down and "Traceback" not in down
+    sh(teammate, "dvc", "remote", "modify", "--local", "team", "url", "s3://no-such-bucket/dvc")
+    sh(teammate, "dvc", "remote", "modify", "--local", "team", "endpointurl", s3_remote)
+    missing = sh(teammate, "python", "-m", "stages.share", "pull", check=False)
+    assert "pull from DVC remote s3://no-such-bucket/dvc" in missing and "To fix:" in missing, missing
+    assert sorted(p.name for p in teammate.iterdir()) == before
+    assert not (teammate / "models/ensemble.pt").exists() and not (teammate / "data/raw").exists()
+
+
 def state_dict(path: Path) -> dict:
     import torch
 
