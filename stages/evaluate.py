@@ -156,7 +156,8 @@ def main() -> None:
         run.log_metrics(report)
         for path in [*pictures, args.tables / "per_class.csv", args.metrics]:
             run.log_artifact(path, folder="evaluation")
-        run.log_ensemble_model(args.model, images[:2], name=f"{params.dataset.name}-ensemble")
+        run.log_ensemble_model(args.model, images[:2], name=f"{params.dataset.name}-ensemble",
+                               gates=params.report.gates, metrics=report)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ Fashion-MNIST's images were made) or IDX files, from the ensemble that evaluate 
 
     python -m stages.predict models/ensemble.pt shoe.png bag.jpg
     python -m stages.predict models/ensemble.pt data/raw/t10k-images-idx3-ubyte.gz --limit 5
+    python -m stages.predict models:/fashion-mnist-ensemble@champion shoe.png    # from the MLflow registry
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageChops, ImageFilter, ImageOps
 
-from stages import idx
+from stages import idx, tracking
 from stages.common import StageError, run_main
 from stages.ensemble import Ensemble
 
@@ -85,12 +86,15 @@ def prediction_frame(probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", type=Path, help="models/ensemble.pt")
+    parser.add_argument("model", help="models/ensemble.pt, or a registered version: models:/<name>@champion")
     parser.add_argument("inputs", type=Path, nargs="+", help="image files and/or IDX files")
     parser.add_argument("--top", type=int, default=3, help="classes shown per image")
     parser.add_argument("--limit", type=int, default=None, help="first N images only")
     args = parser.parse_args()
-    ensemble = Ensemble.load(args.model)
+    model = args.model
+    if model.startswith("models:/"):
+        model = tracking.registered_ensemble_file(model)
+    ensemble = Ensemble.load(model)
     images, names = load_images(args.inputs, tuple(ensemble.image_shape))
     images, names = images[:args.limit], names[:args.limit]
     probs = ensemble.predict_proba(images)

@@ -17,6 +17,8 @@ from mlflow.exceptions import MlflowException
 
 from stages import lineage
 from stages.common import StageError, flatten, repo_root
+from stages.config import Gate
+from stages.report import regressions
 
 try:
     import fcntl
@@ -126,21 +128,66 @@ class StageRun:
             pip_requirements=locked_requirements(("torch",)),
         )
 
-    def log_ensemble_model(self, path: Path, example: Any, name: str) -> None:
-        """The ensemble file as a registered pyfunc model taking uint8 images (N, H, W), logged as code
-        (stages/ensemble_pyfunc.py, run on load) so that loading it unpickles nothing; the stages package travels
-        with it, so `mlflow models predict` needs no checkout of this repo."""
+    def log_ensemble_model(self, path: Path, example: Any, name: str, gates: list[Gate],
+                           metrics: Mapping[str, Any]) -> str:
+        """The ensemble file as a new version of the registered pyfunc model `name`, taking uint8 images
+        (N, H, W), logged as code (stages/ensemble_pyfunc.py, run on load) so that loading it unpickles nothing;
+        the stages package travels with it, so `mlflow models predict` needs no checkout of this repo. The
+        alias `champion` moves to it unless `metrics` are worse than the champion's beyond the `gates`.
+        Returns the sentence saying what happened to the alias (also the run's tag `champion`)."""
         import numpy as np
 
         stages_dir = Path(__file__).parent
-        mlflow.pyfunc.log_model(
+        info = mlflow.pyfunc.log_model(
             name="ensemble", python_model=str(stages_dir / "ensemble_pyfunc.py"), artifacts={"ensemble": str(path)},
             code_paths=[str(stages_dir)], input_example=np.ascontiguousarray(example, dtype=np.uint8),
             registered_model_name=name, pip_requirements=locked_requirements(SERVING_PACKAGES),
         )
+        verdict = promote(mlflow.MlflowClient(), name, str(info.registered_model_version), metrics, gates)
+        mlflow.set_tag("champion", verdict)
+        log.info("%s", verdict)
+        return verdict
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+CHAMPION = "champion"
+
+
+def promote(client: mlflow.MlflowClient, name: str, version: str, metrics: Mapping[str, Any],
+            gates: list[Gate]) -> str:
+    """Move the alias `champion` of `name` to `version` when its metrics are at least as good as the current
+    champion's within the regression gate's tolerances (report.gates); say why it moved or not."""
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:  # no champion yet
+        champion = None
+    if champion is None:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        return f"{name} version {version} is the first champion"
+    held = client.get_run(champion.run_id).data.metrics
+    rows = [{"path": f"champion v{champion.version}", "metric": gate.metric, "old": held[gate.metric],
+             "new": float(metrics[gate.metric]), "diff": float(metrics[gate.metric]) - held[gate.metric]}
+            for gate in gates if gate.metric in held and gate.metric in metrics]
+    worse = regressions(rows, gates)
+    if worse:
+        return f"{name} version {version} is not the champion; version {champion.version} stays: " + "; ".join(worse)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    compared = ", ".join(f"{r['metric']} {r['old']:.6g} -> {r['new']:.6g}" for r in rows) or "no gated metric"
+    return f"{name} version {version} is the champion, replacing version {champion.version} ({compared})"
+
+
+def registered_ensemble_file(uri: str) -> Path:
+    """The ensemble.pt of a registered model version (`models:/fashion-mnist-ensemble@champion`), downloaded."""
+    try:
+        local = mlflow.artifacts.download_artifacts(f"{uri.rstrip('/')}/artifacts/ensemble.pt",
+                                                    tracking_uri=tracking_uri())
+    except Exception as exc:  # MLflow raises many types for one cause
+        raise TrackingError(f"cannot fetch {uri} from the tracking store {tracking_uri()}: {exc}\n"
+                            "Run `dvc repro` (evaluate registers the model), or point MLFLOW_TRACKING_URI at "
+                            "the store that has it") from None
+    return Path(local)
 
 
 @contextlib.contextmanager

@@ -229,10 +229,15 @@ def test_registered_model_and_predict_command_agree_on_a_png(repo, tmp_path):
     (tmp_path / "input.json").write_text(json.dumps({"inputs": [pixels]}))
     env_uri = f"sqlite:///{repo / 'mlflow.db'}"
     served = sh(repo, "env", f"MLFLOW_TRACKING_URI={env_uri}", "mlflow", "models", "predict", "-m",
-                "models:/fashion-mnist-ensemble/latest", "-i", str(tmp_path / "input.json"), "-t", "json",
+                "models:/fashion-mnist-ensemble@champion", "-i", str(tmp_path / "input.json"), "-t", "json",
                 "--env-manager", "local")
     rows = json.loads(served[served.index("{"):served.rindex("}") + 1])["predictions"]
     assert rows[0]["class"] == predict_class
+    from_registry = sh(repo, "python", "-m", "stages.predict", "models:/fashion-mnist-ensemble@champion",
+                       str(tmp_path / "item.png"))
+    assert line in from_registry.splitlines()
+    evaluate = [r for r in runs(repo) if r.info.run_name == "evaluate"][-1]
+    assert evaluate.data.tags["champion"].startswith("fashion-mnist-ensemble version ")
 
 
 def cached_outputs(repo: Path) -> dict[str, str]:

@@ -140,7 +140,8 @@ def test_the_ensemble_is_logged_as_code_and_loads_without_unpickling(monkeypatch
     images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
     with tracking.stage_run("evaluate", {}, experiment="tiny") as run, warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        run.log_ensemble_model(tmp_path / "ensemble.pt", images[:2], name="tiny-ensemble")
+        verdict = run.log_ensemble_model(tmp_path / "ensemble.pt", images[:2], name="tiny-ensemble", gates=[],
+                                         metrics={})
     assert not [w for w in seen if "pickle" in str(w.message).lower()], [str(w.message) for w in seen]
     local = mlflow.artifacts.download_artifacts(f"runs:/{run.run_id}/ensemble", dst_path=str(tmp_path / "model"))
     files = {p.relative_to(local).as_posix() for p in Path(local).rglob("*") if p.is_file()}
@@ -149,7 +150,8 @@ def test_the_ensemble_is_logged_as_code_and_loads_without_unpickling(monkeypatch
     assert flavor["model_code_path"].endswith("ensemble_pyfunc.py")
     requirements = (Path(local) / "requirements.txt").read_text().split()
     assert set(requirements) >= set(tracking.locked_requirements(tracking.SERVING_PACKAGES))
-    loaded = mlflow.pyfunc.load_model("models:/tiny-ensemble/1")
+    assert verdict == "tiny-ensemble version 1 is the first champion"
+    loaded = mlflow.pyfunc.load_model("models:/tiny-ensemble@champion")
     frame = loaded.predict(images)
     np.testing.assert_allclose(frame[ensemble.classes].to_numpy(), ensemble.predict_proba(images), rtol=1e-6)
     assert list(frame["class"]) == [ensemble.classes[i] for i in ensemble.predict_proba(images).argmax(1)]
@@ -164,3 +166,39 @@ def test_a_lock_without_a_pin_names_the_package_and_the_fix(tmp_path):
         tracking.locked_requirements(("numpy", "torch"), lock)
     with pytest.raises(tracking.TrackingError, match=r"missing.lock: cannot read"):
         tracking.locked_requirements(("numpy",), tmp_path / "missing.lock")
+
+
+def test_champion_moves_only_to_a_version_at_least_as_good_within_the_gates(monkeypatch, tmp_path):
+    from stages.config import Gate
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    gates = [Gate(metric="ensemble_accuracy", max_worsening=0.003), Gate(metric="ensemble_log_loss",
+                                                                         max_worsening=0.01)]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    verdicts = []
+    for accuracy, loss in ((0.940, 0.30), (0.945, 0.29), (0.943, 0.295), (0.930, 0.29), (0.944, 0.32)):
+        metrics = {"ensemble_accuracy": accuracy, "ensemble_log_loss": loss}
+        with tracking.stage_run("evaluate", {}, experiment="tiny") as run:
+            run.log_metrics(metrics)
+        if not client.search_registered_models():
+            client.create_registered_model("tiny-ensemble")
+        version = client.create_model_version("tiny-ensemble", f"runs:/{run.run_id}/ensemble", run.run_id).version
+        verdicts.append(tracking.promote(client, "tiny-ensemble", version, metrics, gates))
+    assert verdicts[0] == "tiny-ensemble version 1 is the first champion"
+    assert verdicts[1].startswith("tiny-ensemble version 2 is the champion, replacing version 1")
+    assert verdicts[2].startswith("tiny-ensemble version 3 is the champion")  # 0.2 points worse: within 0.3
+    assert "version 2 stays" not in verdicts[2]
+    assert verdicts[3].startswith("tiny-ensemble version 4 is not the champion; version 3 stays")
+    assert "ensemble_accuracy got worse by 0.013" in verdicts[3]
+    assert "ensemble_log_loss got worse by 0.025" in verdicts[4]
+    assert str(client.get_model_version_by_alias("tiny-ensemble", "champion").version) == "3"
+
+
+@pytest.mark.fault
+def test_a_registered_model_that_is_not_there_names_the_uri_and_the_store(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    with pytest.raises(tracking.TrackingError, match=r"cannot fetch models:/nothing@champion from the tracking "
+                                                     r"store sqlite:///(?s:.*)mlflow.db(?s:.*)dvc repro"):
+        tracking.registered_ensemble_file("models:/nothing@champion")
