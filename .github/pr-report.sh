@@ -4,11 +4,14 @@
 #
 #   .github/pr-report.sh [BASE_BRANCH] > report.md     # BASE_BRANCH defaults to origin/main, else main
 #
+# 0. Artifacts: where a DVC remote is configured, every output the branch's dvc.lock names is pulled from it
+#    (python -m stages.share pull) and `dvc status` must then be clean; committed metrics without pushed
+#    artifacts behind them fail the report. Credentials come from the environment (the workflow's secrets).
 # 1. Committed results: `python -m stages.report` between the merge base and HEAD, i.e. the metrics the author
 #    measured with the full pipeline and committed (dvc.lock + metrics/), with the regression gate.
 # 2. CI profile: profiles/ci.yaml run on both revisions here (a subset, 2 epochs, 2 members), in worktrees
 #    sharing one DVC cache, each result committed to a throwaway ref so `report` can diff them as revisions.
-# Exit status: that of the regression gate on the committed results.
+# Exit status: that of the regression gate on the committed results, or 1 when their artifacts are missing.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 base_branch=${1:-$(git rev-parse --verify -q origin/main >/dev/null && echo origin/main || echo main)}
@@ -33,6 +36,8 @@ echo "## Committed results (full pipeline, as measured and committed on this bra
 echo
 python -m stages.report --base "$base" --fail-on-regression --head HEAD | sed 's/^## /### /'
 gate=${PIPESTATUS[0]}
+echo
+.github/check-artifacts.sh | sed 's/^## /### /' || gate=1
 echo
 echo "## CI profile (\`profiles/ci.yaml\`, re-run here on both revisions)"
 echo

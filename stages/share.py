@@ -128,6 +128,13 @@ def pull(remote: str | None = None) -> None:
     source.probe("pull from")
     source.dvc("pull from", "fetch", "--run-cache")
     got = source.transfer_run_cache_outputs("pull from")
+    # `dvc fetch` passes over objects the remote lacks; checkout would then fail half-way
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--cloud", "--json", "-r", source.name],
+                            capture_output=True, text=True)
+    missing = sorted(path for path, state in json.loads(status.stdout or "{}").items() if state == "missing")
+    if missing:
+        raise source.fail("pull from", f"{len(missing)} outputs this commit's dvc.lock names are missing there: "
+                          + ", ".join(missing))
     done = subprocess.run([sys.executable, "-m", "dvc", "checkout"], check=False)
     if done.returncode:
         raise StageError("dvc checkout failed after a complete fetch; see its message above")

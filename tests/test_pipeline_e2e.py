@@ -312,6 +312,7 @@ def test_a_teammate_pulls_results_and_the_run_cache_instead_of_retraining(repo, 
     subprocess.run(["git", "clone", "-q", str(repo), str(teammate)], check=True)
     sh(teammate, "python", "-m", "stages.share", "pull")
     assert "up to date" in sh(teammate, "dvc", "status")
+    assert "✅ Every output `dvc.lock` names was pulled from `team`" in sh(teammate, ".github/check-artifacts.sh")
     assert ran(sh(teammate, "dvc", "repro")) == []
     predict = ("python", "-m", "stages.predict", "models/ensemble.pt", "data/raw/t10k-images-idx3-ubyte.gz",
                "--limit", "50")
@@ -341,6 +342,10 @@ def test_a_remote_that_is_down_or_refuses_fails_naming_it_and_changes_nothing(re
     sh(teammate, "dvc", "remote", "modify", "--local", "team", "endpointurl", s3_remote)
     missing = sh(teammate, "python", "-m", "stages.share", "pull", check=False)
     assert "pull from DVC remote s3://no-such-bucket/dvc" in missing and "To fix:" in missing, missing
+    sh(teammate, "dvc", "remote", "modify", "--local", "team", "url", "s3://team/nothing-pushed-here")
+    report = sh(teammate, ".github/check-artifacts.sh", check=False)  # the PR report's artifact check
+    assert "❌" in report and "have no pushed" in report, report
+    assert "outputs this commit's dvc.lock names are missing there: data/processed/test" in report
     assert sorted(p.name for p in teammate.iterdir()) == before
     assert not (teammate / "models/ensemble.pt").exists() and not (teammate / "data/raw").exists()
 
