@@ -17,7 +17,7 @@ DATASET_PACKAGE := dataset-fashion-mnist
 # dvc.yaml's `python -m stages.<name>` must find the venv's python.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup lock dataset-package repro test
+.PHONY: setup lock dataset-package postgresql repro test mlflow-server
 
 setup: $(VENV)/.installed
 
@@ -50,8 +50,31 @@ dataset-package:
 	  echo "$(DATASET_PACKAGE): skipped (needs root and apt-get); download will use the HTTP mirrors"; \
 	fi
 
+# PostgreSQL's server binaries for the team-server tests, which make a throwaway cluster on a Unix socket; where
+# they cannot be installed those tests are skipped, saying so.
+postgresql:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "postgresql: installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -qq postgresql >/dev/null 2>&1 \
+	  || { apt-get update -qq >/dev/null && apt-get install -y -qq postgresql >/dev/null; } \
+	  || echo "postgresql: could not install; the team-server tests will be skipped"; \
+	else \
+	  echo "postgresql: skipped (needs root and apt-get); the team-server tests will be skipped"; \
+	fi
+
 repro: setup dataset-package
 	dvc repro
 
-test: setup dataset-package
+test: setup dataset-package postgresql
 	python -m pytest
+
+# One MLflow server for a team, on one machine: runs in PostgreSQL, artifacts proxied to S3 (clients need no S3
+# credentials; the server's come from its environment, with MLFLOW_S3_ENDPOINT_URL for a non-AWS store).
+# Binds 127.0.0.1: put a TLS reverse proxy with authentication in front before opening it to the team.
+MLFLOW_BACKEND ?= postgresql://mlflow@/mlflow?host=/var/run/postgresql
+MLFLOW_ARTIFACTS ?= s3://mlflow/artifacts
+MLFLOW_PORT ?= 5000
+mlflow-server: setup
+	mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) --backend-store-uri '$(MLFLOW_BACKEND)' \
+	  --artifacts-destination '$(MLFLOW_ARTIFACTS)'

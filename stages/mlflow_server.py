@@ -17,16 +17,20 @@ from stages.tracking import TrackingError
 
 
 @contextlib.contextmanager
-def local_server(store_uri: str, startup_s: float = 90) -> Iterator[str]:
+def local_server(store_uri: str, artifacts_destination: str | None = None, env: dict[str, str] | None = None,
+                 startup_s: float = 90) -> Iterator[str]:
     """`mlflow server` for `store_uri` on 127.0.0.1 (never all interfaces) and a free port, for as long as the
-    block runs; yields its base URL once /health answers, and stops it and its workers afterwards."""
+    block runs; yields its base URL once /health answers, and stops it and its workers afterwards.
+    With `artifacts_destination` (s3://bucket/prefix) the server proxies artifacts there, so clients need no
+    credentials for it: only the server's `env` holds them (AWS_*, MLFLOW_S3_ENDPOINT_URL)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", store_uri, "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+         "--backend-store-uri", store_uri, "--workers", "1",
+         *(["--artifacts-destination", artifacts_destination] if artifacts_destination else [])],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, env={**os.environ, **(env or {})})
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + startup_s
     try:
@@ -42,5 +46,6 @@ def local_server(store_uri: str, startup_s: float = 90) -> Iterator[str]:
                 time.sleep(0.5)
         yield base
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        if process.poll() is None:  # it may have died on its own: its stderr is then in the error above
+            os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)

@@ -4,7 +4,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +103,69 @@ def tiny_ensemble(classes=("a", "b", "c")):
     state = {"net": "fast", "classes": list(classes), "image_shape": [28, 28], "mean": torch.tensor(0.3),
              "std": torch.tensor(0.3), "member": "m0", "split": 0, "state_dict": model.state_dict()}
     return Ensemble([model], [state], "soft", np.ones(1), False, list(classes), (28, 28))
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> str:
+    """A real S3 API (moto's server, as DVC's own tests use) on 127.0.0.1, for the whole session."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a log line per S3 request
+    server = ThreadedMotoServer("127.0.0.1", 0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "team-key", "AWS_SECRET_ACCESS_KEY": "team-secret",
+                  "AWS_DEFAULT_REGION": "us-east-1"}  # moto's; in real use from the environment, never from git
+
+
+def create_bucket(endpoint: str, name: str) -> None:
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                 aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                 region_name="us-east-1").create_bucket(Bucket=name)
+
+
+def _postgres_bindir() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@pytest.fixture(scope="session")
+def postgres() -> str:
+    """A throwaway PostgreSQL cluster listening only on a Unix socket (no TCP at all), with a database 'mlflow';
+    yields its SQLAlchemy URI. As root, the server runs as the OS user postgres (it refuses root)."""
+    bindir = _postgres_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql; .ci/run installs it)")
+    root = Path(tempfile.mkdtemp(prefix="pg-"))
+    as_postgres = []
+    if os.geteuid() == 0:
+        import pwd
+
+        owner = pwd.getpwnam("postgres")
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    data = root / "data"
+
+    def run(*cmd: str) -> None:
+        subprocess.run([*as_postgres, *cmd], check=True, capture_output=True, text=True, timeout=120)
+
+    run(str(bindir / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres", "-E", "UTF8")
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-o",
+        f"-c listen_addresses='' -k {root}", "start")
+    try:
+        run(str(bindir / "createdb"), "-h", str(root), "-U", "postgres", "mlflow")
+        yield f"postgresql://postgres@/mlflow?host={root}"
+    finally:
+        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)

@@ -58,3 +58,39 @@ def test_server_listens_on_loopback_only(server):
             if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
                 listening.add(address)
     assert listening == {"0100007F"}  # 127.0.0.1, little-endian hex; not 0.0.0.0 or ::
+
+
+def test_a_team_server_keeps_runs_in_postgresql_and_artifacts_in_s3_behind_its_proxy(
+        postgres, s3_endpoint, tmp_path, monkeypatch):
+    import mlflow
+    import psycopg
+
+    from tests.conftest import S3_CREDENTIALS, create_bucket
+
+    create_bucket(s3_endpoint, "mlflow")
+    server_env = {**S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
+    with mlflow_server.local_server(postgres, artifacts_destination="s3://mlflow/artifacts", env=server_env) as base:
+        for key in (*S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL"):  # the client has no S3 credentials at all
+            monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", base)
+        monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+        monkeypatch.chdir(tmp_path)
+        with tracking.stage_run("verify", {"verify": {"max_class_imbalance": 1.0}}, experiment="team") as run:
+            run.log_metrics({"train_count": 60000})
+            run.log_text("checked", "notes/verify.txt")
+        assert mlflow.artifacts.load_text(f"runs:/{run.run_id}/notes/verify.txt") == "checked"  # via the proxy
+    with psycopg.connect(host=postgres.split("host=")[1], dbname="mlflow", user="postgres") as connection:
+        cursor = connection.cursor()
+        cursor.execute("select name, status from runs order by start_time")
+        stored = cursor.fetchall()
+        cursor.execute("select key, value from metrics where run_uuid = %s", (run.run_id,))
+        metrics = dict(cursor.fetchall())
+    assert stored == [("pipeline", "FINISHED"), ("verify", "FINISHED")]
+    assert metrics == {"train_count": 60000.0}
+    import boto3
+
+    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+                                           aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                                           aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                                           ).list_objects_v2(Bucket="mlflow")["Contents"]]
+    assert any(key.endswith(f"{run.run_id}/artifacts/notes/verify.txt") for key in keys), keys

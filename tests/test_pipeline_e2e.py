@@ -9,7 +9,7 @@ import mlflow
 import pytest
 import yaml
 
-from tests.conftest import ROOT, real_params, subprocess_env
+from tests.conftest import ROOT, S3_CREDENTIALS, create_bucket, real_params, subprocess_env
 
 pytestmark = pytest.mark.e2e
 
@@ -267,30 +267,13 @@ def test_two_forced_reruns_write_identical_bytes_for_every_cached_output(repo):
 
 
 @pytest.fixture(scope="module")
-def s3_remote(monkeypatch_module) -> str:
-    """A real S3 API (moto's server, as DVC's own tests use) on 127.0.0.1, with an empty bucket 'team'."""
-    import logging
-
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a log line per S3 request
-    server = ThreadedMotoServer("127.0.0.1", 0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    for key, value in {"AWS_ACCESS_KEY_ID": "team-key", "AWS_SECRET_ACCESS_KEY": "team-secret",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():  # from the environment, never from git
-        monkeypatch_module.setenv(key, value)
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="team")
-    yield endpoint
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
+def s3_remote(s3_endpoint) -> str:
+    """The session's S3 server with an empty bucket 'team', its credentials in this module's environment."""
     with pytest.MonkeyPatch.context() as patch:
-        yield patch
+        for key, value in S3_CREDENTIALS.items():
+            patch.setenv(key, value)
+        create_bucket(s3_endpoint, "team")
+        yield s3_endpoint
 
 
 def set_epochs(repo: Path, epochs: int) -> None:
