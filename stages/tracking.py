@@ -64,9 +64,8 @@ LOCK_FILE = Path(__file__).resolve().parents[1] / "requirements.lock"
 SERVING_PACKAGES = ("mlflow", "numpy", "pandas", "pillow", "pydantic", "pyyaml", "torch", "tqdm")
 
 
-def locked_requirements(names: tuple[str, ...], lock: Path = LOCK_FILE) -> list[str]:
-    """'name==version' for each package, as requirements.lock pins it, so a model's environment is the one that
-    made it."""
+def lock_pins(lock: Path = LOCK_FILE) -> dict[str, str]:
+    """{normalized name: 'name==version'} for every package requirements.lock pins."""
     from packaging.utils import canonicalize_name
 
     try:
@@ -74,7 +73,16 @@ def locked_requirements(names: tuple[str, ...], lock: Path = LOCK_FILE) -> list[
     except OSError as exc:
         raise TrackingError(f"{lock}: cannot read the lock that pins the model's requirements "
                             f"({exc.strerror}); restore it from git or run `make lock`") from None
-    pins = {canonicalize_name(m[1]): m[0] for m in map(re.compile(r"^([A-Za-z0-9][\w.-]*)==(\S+)").match, lines) if m}
+    pins = map(re.compile(r"^([A-Za-z0-9][\w.-]*)==(\S+)").match, lines)
+    return {canonicalize_name(m[1]): m[0] for m in pins if m}
+
+
+def locked_requirements(names: tuple[str, ...], lock: Path = LOCK_FILE) -> list[str]:
+    """'name==version' for each package, as requirements.lock pins it, so a model's environment is the one that
+    made it."""
+    from packaging.utils import canonicalize_name
+
+    pins = lock_pins(lock)
     missing = [name for name in names if canonicalize_name(name) not in pins]
     if missing:
         raise TrackingError(f"{lock}: no pin for {', '.join(missing)}; add it to pyproject.toml and run `make lock`")

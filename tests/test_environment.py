@@ -4,6 +4,7 @@ from importlib import metadata
 
 from packaging.utils import canonicalize_name
 
+from stages import tracking
 from tests.conftest import ROOT
 
 # Not in the lock: the installer itself and this project (installed editable from the checkout).
@@ -11,9 +12,7 @@ UNLOCKED = {"pip", "fmnist-pipeline"}
 
 
 def locked() -> dict[str, str]:
-    lines = (ROOT / "requirements.lock").read_text().splitlines()
-    pins = (re.match(r"^([A-Za-z0-9][\w.-]*)==(\S+)", line) for line in lines)
-    return {canonicalize_name(m[1]): m[2] for m in pins if m}
+    return {name: pin.split("==", 1)[1] for name, pin in tracking.lock_pins(ROOT / "requirements.lock").items()}
 
 
 def test_every_installed_package_is_the_version_the_lock_pins():

@@ -346,9 +346,7 @@ def test_sigkill_mid_training_leaves_nothing_to_cache_and_the_rerun_resumes_to_i
 
     import torch
 
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["train"]["epochs"] = 6  # long enough to be killed mid-run
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_epochs(repo, 6)  # long enough to be killed mid-run
     resume = repo / "models/.resume/m0.pt"
     killed = subprocess.Popen(["dvc", "repro", "train@m0"], cwd=repo, env=subprocess_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
