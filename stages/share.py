@@ -96,16 +96,20 @@ class Remote:
                 entries.update(entry["md5"] for entry in json.loads(Path(cache.oid_to_path(md5)).read_text()))
         return md5s | entries
 
-    def transfer_run_cache_outputs(self, action: str) -> int:
+    def push_run_cache_outputs(self) -> int:
+        from dvc_data.hashfile.hash_info import HashInfo
+
+        md5s = self.with_directory_entries(run_cache_objects(Path(self.repo.stage_cache.cache_dir)))
+        local = {m for m in md5s if self.repo.cache.local.exists(m)}
+        result = self.repo.cloud.push({HashInfo("md5", m) for m in local}, remote=self.name)
+        if result.failed:
+            raise self.fail("push to", f"{len(result.failed)} run-cache outputs were not sent")
+        return len(result.transferred)
+
+    def pull_run_cache_outputs(self) -> int:
         from dvc_data.hashfile.hash_info import HashInfo
 
         md5s = run_cache_objects(Path(self.repo.stage_cache.cache_dir))
-        if action == "push to":
-            local = {m for m in self.with_directory_entries(md5s) if self.repo.cache.local.exists(m)}
-            result = self.repo.cloud.push({HashInfo("md5", m) for m in local}, remote=self.name)
-            if result.failed:
-                raise self.fail(action, f"{len(result.failed)} run-cache outputs were not sent")
-            return len(result.transferred)
         # the directory objects first: only once they are here do we know which files they list
         first = self.repo.cloud.pull({HashInfo("md5", m) for m in md5s}, remote=self.name)
         files = self.with_directory_entries(md5s) - md5s
@@ -118,7 +122,7 @@ def push(remote: str | None = None) -> None:
     target = Remote(remote)
     target.probe("push to")
     target.dvc("push to", "push", "--run-cache")
-    sent = target.transfer_run_cache_outputs("push to")
+    sent = target.push_run_cache_outputs()
     log.info("pushed to %s, with %d run-cache outputs DVC does not send itself", target.url, sent)
 
 
@@ -127,7 +131,7 @@ def pull(remote: str | None = None) -> None:
     source = Remote(remote)
     source.probe("pull from")
     source.dvc("pull from", "fetch", "--run-cache")
-    got = source.transfer_run_cache_outputs("pull from")
+    got = source.pull_run_cache_outputs()
     # `dvc fetch` passes over objects the remote lacks; checkout would then fail half-way
     status = subprocess.run([sys.executable, "-m", "dvc", "status", "--cloud", "--json", "-r", source.name],
                             capture_output=True, text=True)
