@@ -114,6 +114,7 @@ class Member(Section):
 class EnsembleConfig(Section):
     method: Literal["soft", "weighted", "hard"]
     tta_flip: bool = Field(description="average each member's prediction with that of the mirrored image")
+    calibrate: bool = Field(description="temperature-scale each member, fitted on its own validation split")
 
 
 class Evaluate(Section):

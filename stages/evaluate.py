@@ -12,10 +12,11 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from stages import figures, tracking
+from stages.calibration import calibration
 from stages.common import StageError, atomic_path, run_main, write_json
 from stages.config import load_params
 from stages.device import pick_device, set_threads
-from stages.ensemble import MIN_PROBABILITY, Ensemble, combine, with_flip_tta
+from stages.ensemble import MIN_PROBABILITY, Ensemble, combine
 
 log = logging.getLogger("stages.evaluate")
 
@@ -27,18 +28,6 @@ def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
 def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
     """Mean negative log-probability of the true class (floored: a hard vote can give 0)."""
     return float(-np.log(np.maximum(probs[np.arange(len(labels)), labels], MIN_PROBABILITY)).mean())
-
-
-def calibration(probs: np.ndarray, labels: np.ndarray, bins: int) -> tuple[float, dict[str, np.ndarray]]:
-    """Expected calibration error over equal-width confidence bins, and the per-bin table behind it."""
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == labels
-    which = np.minimum((confidence * bins).astype(int), bins - 1)
-    counts = np.bincount(which, minlength=bins)
-    mean_confidence = np.bincount(which, weights=confidence, minlength=bins) / np.maximum(counts, 1)
-    bin_accuracy = np.bincount(which, weights=correct, minlength=bins) / np.maximum(counts, 1)
-    ece = float(np.sum(counts / len(labels) * np.abs(bin_accuracy - mean_confidence)))
-    return ece, {"confidence": mean_confidence, "accuracy": bin_accuracy, "counts": counts}
 
 
 def per_class_scores(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> dict[str, np.ndarray]:
@@ -100,17 +89,19 @@ def write_tables(out_dir: Path, labels: np.ndarray, predicted: np.ndarray, class
             writer.writerow([row[0], *(round(float(v), 6) for v in row[1:4]), int(row[4])])
 
 
-def draw(plots: Path, images: np.ndarray, labels: np.ndarray, probs: np.ndarray, scores: dict, classes: list[str],
-         cfg, title: str) -> list[Path]:
-    """Every evaluation picture; returns their paths."""
+def draw(plots: Path, images: np.ndarray, labels: np.ndarray, probs: np.ndarray, uncalibrated: np.ndarray,
+         scores: dict, classes: list[str], cfg, title: str) -> list[Path]:
+    """Every evaluation picture; returns their paths. `uncalibrated`: the probabilities without the members'
+    temperatures, drawn beside the calibrated ones in the reliability diagram."""
     predicted = probs.argmax(1)
-    ece, bins = calibration(probs, labels, cfg.ece_bins)
     paths = {name: plots / f"{name}.png" for name in
              ("confusion_matrix", "per_class", "reliability", "confident_mistakes")}
     figures.confusion_matrix(confusion_matrix(labels, predicted, labels=range(len(classes))), classes,
                              paths["confusion_matrix"], f"{title}: confusion matrix (test)")
     figures.per_class_bars(scores, classes, paths["per_class"], f"{title}: per-class scores (test)")
-    figures.reliability_diagram(bins["confidence"], bins["accuracy"], bins["counts"], ece, paths["reliability"])
+    figures.reliability_diagram({"calibrated": calibration(probs, labels, cfg.ece_bins),
+                                 "without temperature": calibration(uncalibrated, labels, cfg.ece_bins)},
+                                paths["reliability"])
     wrong = np.flatnonzero(predicted != labels)
     worst = wrong[np.argsort(-probs[wrong].max(axis=1), kind="stable")][:cfg.mistakes]
     captions = [f"{classes[predicted[i]]} {100 * probs[i].max():.0f}%\n(is {classes[labels[i]]})" for i in worst]
@@ -135,24 +126,34 @@ def main() -> None:
     classes = list(params.dataset.classes)
     check_compatible(ensemble, args.model, classes, params.dataset.image_shape, images)
     with tracking.stage_run("evaluate", params.model_dump(), experiment=params.dataset.name) as run:
-        # Both views once: the ensemble's own setting is the headline, the other one measures flip TTA.
-        plain = ensemble.member_probabilities(images, device)
-        flip_tta = with_flip_tta(plain, ensemble.member_probabilities(images, device, mirrored=True))
-        member_probs, other = (flip_tta, plain) if ensemble.tta_flip else (plain, flip_tta)
+        # Logits of both views once: the ensemble's own TTA setting is the headline, the other measures flip TTA,
+        # and the same logits without the temperatures show what calibration did.
+        plain = ensemble.member_logits(images, device)
+        mirrored = ensemble.member_logits(images, device, mirrored=True)
+        used, other = (mirrored, None) if ensemble.tta_flip else (None, mirrored)
+        member_probs = ensemble.member_probabilities(plain, used)
         ensemble_probs = combine(member_probs, ensemble.method, ensemble.weights)
+        uncalibrated = combine(ensemble.member_probabilities(plain, used, calibrated=False), ensemble.method,
+                               ensemble.weights)
         names = [state["member"] for state in ensemble.states]
         scores = per_class_scores(labels, ensemble_probs.argmax(1), len(classes))
         report = score(member_probs, ensemble_probs, labels, names, classes, scores["f1"], params.evaluate.ece_bins)
-        report["ensemble_accuracy_other_tta"] = round(accuracy(combine(other, ensemble.method, ensemble.weights),
-                                                               labels), 6)
+        report["ensemble_accuracy_other_tta"] = round(accuracy(combine(
+            ensemble.member_probabilities(plain, other), ensemble.method, ensemble.weights), labels), 6)
+        report["ensemble_ece_uncalibrated"] = round(calibration(uncalibrated, labels, params.evaluate.ece_bins)[0], 6)
+        report["ensemble_log_loss_uncalibrated"] = round(log_loss(uncalibrated, labels), 6)
         write_json(args.metrics, report)
         write_tables(args.tables, labels, ensemble_probs.argmax(1), classes, scores)
         title = f"{len(names)}-member {ensemble.method} ensemble"
         bars = {name: scores[name] for name in ("precision", "recall", "f1")}
-        pictures = draw(args.plots, images, labels, ensemble_probs, bars, classes, params.evaluate, title)
+        pictures = draw(args.plots, images, labels, ensemble_probs, uncalibrated, bars, classes, params.evaluate,
+                        title)
         log.info("ensemble %.2f%% | members %.2f +/- %.2f%% | gain over best member %+.2f points",
                  100 * report["ensemble_accuracy"], 100 * report["members_accuracy_mean"],
                  100 * report["members_accuracy_std"], 100 * report["ensemble_gain_over_best_member"])
+        log.info("ensemble ECE %.2f%% (%.2f%% without temperatures), log-loss %.4f (%.4f)",
+                 100 * report["ensemble_ece"], 100 * report["ensemble_ece_uncalibrated"],
+                 report["ensemble_log_loss"], report["ensemble_log_loss_uncalibrated"])
         run.log_metrics(report)
         for path in [*pictures, args.tables / "per_class.csv", args.metrics]:
             run.log_artifact(path, folder="evaluation")

@@ -53,20 +53,28 @@ def per_class_bars(scores: dict[str, np.ndarray], classes: list[str], path: Path
     _save(fig, path)
 
 
-def reliability_diagram(confidence: np.ndarray, accuracy: np.ndarray, counts: np.ndarray, ece: float,
-                        path: Path) -> None:
-    """Accuracy per confidence bin next to the bin's mean confidence; the gap between them is miscalibration."""
+def reliability_diagram(curves: dict[str, tuple[float, dict[str, np.ndarray]]], path: Path) -> None:
+    """Accuracy per confidence bin against the bin's mean confidence, for each named set of probabilities
+    (label -> stages.calibration.calibration's result); the first is drawn as bars and its bins counted below.
+    Points under the diagonal are overconfident, above it underconfident."""
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True, height_ratios=[3, 1])
-    edges = np.linspace(0, 1, len(counts) + 1)
-    centers = (edges[:-1] + edges[1:]) / 2
-    filled = counts > 0
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
-    ax.bar(centers[filled], accuracy[filled], width=1 / len(counts), edgecolor="black", alpha=0.7, label="accuracy")
-    ax.plot(centers[filled], confidence[filled], "o", color="C3", label="mean confidence in bin")
+    for i, (label, (ece, bins)) in enumerate(curves.items()):
+        counts = bins["counts"]
+        edges = np.linspace(0, 1, len(counts) + 1)
+        centers = (edges[:-1] + edges[1:]) / 2
+        filled = counts > 0
+        if i == 0:
+            ax.bar(centers[filled], bins["accuracy"][filled], width=1 / len(counts), edgecolor="black",
+                   alpha=0.6, color="C0", label=f"{label} (ECE {100 * ece:.2f}%)")
+            hist.bar(centers, counts, width=1 / len(counts), color="C0", alpha=0.6, label=label)
+        else:
+            ax.plot(bins["confidence"][filled], bins["accuracy"][filled], "o-", color=f"C{i + 2}",
+                    label=f"{label} (ECE {100 * ece:.2f}%)")
+            hist.step(edges, np.r_[counts, counts[-1]], where="post", color=f"C{i + 2}", label=label)
     ax.set_ylabel("accuracy")
-    ax.set_title(f"Reliability (ECE {100 * ece:.2f}%)")
+    ax.set_title("Reliability: accuracy at each confidence (test)")
     ax.legend(loc="upper left")
-    hist.bar(centers, counts, width=1 / len(counts), color="grey")
     hist.set_yscale("log")
     hist.set_xlabel("confidence")
     hist.set_ylabel("images")

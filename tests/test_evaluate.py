@@ -4,12 +4,12 @@ import pytest
 from PIL import Image
 from sklearn.metrics import confusion_matrix
 
+from stages.calibration import calibration, fit_temperature, tempered_probabilities
 from stages.common import StageError
 from stages.config import Evaluate
 from stages.ensemble import Ensemble, combine, member_weights
 from stages.evaluate import (
     accuracy,
-    calibration,
     check_compatible,
     draw,
     log_loss,
@@ -67,6 +67,45 @@ def test_overconfident_wrong_predictions_have_high_calibration_error():
     assert ece == pytest.approx(1.0) and bins["counts"][-1] == 100
 
 
+def test_temperature_fitted_on_overconfident_logits_restores_calibration():
+    # Logits drawn so that the class probabilities at temperature 2 are the true ones: labels are sampled from
+    # them, and a net that reports logits x 2 is overconfident by exactly that factor.
+    rng = np.random.default_rng(1)
+    true_logits = rng.normal(scale=2.0, size=(20000, 5))
+    true_probs = tempered_probabilities([true_logits], 1.0)
+    labels = np.array([rng.choice(5, p=p) for p in true_probs])
+    overconfident = true_logits * 2
+    temperature = fit_temperature([overconfident], labels)
+    assert temperature == pytest.approx(2.0, rel=0.05)
+    before = calibration(tempered_probabilities([overconfident], 1.0), labels, 15)[0]
+    after = calibration(tempered_probabilities([overconfident], temperature), labels, 15)[0]
+    assert before > 0.1 and after < 0.02
+
+
+def test_temperature_of_an_underconfident_net_is_below_one_and_keeps_the_argmax():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 4, 3000)
+    logits = rng.normal(size=(3000, 4)) * 0.3
+    logits[np.arange(3000), labels] += 1.0  # right most of the time, but never sure of it
+    temperature = fit_temperature([logits, logits + rng.normal(scale=0.1, size=logits.shape)], labels)
+    assert temperature < 1
+    np.testing.assert_array_equal(tempered_probabilities([logits], temperature).argmax(1), logits.argmax(1))
+
+
+def test_ensemble_temperatures_scale_member_logits_and_survive_the_file(tmp_path):
+    ensemble = tiny_ensemble()
+    images = RNG.integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    logits = ensemble.member_logits(images)
+    ensemble.temperatures = np.array([0.5])
+    np.testing.assert_allclose(ensemble.predict_proba(images), tempered_probabilities([logits[0] * 2], 1.0),
+                               rtol=1e-6)
+    ensemble.save(tmp_path / "e.pt")
+    loaded = Ensemble.load(tmp_path / "e.pt")
+    np.testing.assert_array_equal(loaded.temperatures, [0.5])
+    np.testing.assert_allclose(loaded.member_probabilities(logits, calibrated=False)[0],
+                               tempered_probabilities([logits[0]], 1.0))
+
+
 def test_score_reports_members_mean_std_and_the_ensemble_gain():
     labels = np.arange(6) % 3
     right, wrong = np.eye(3)[labels], np.eye(3)[(labels + 1) % 3]
@@ -122,7 +161,7 @@ def test_pictures_are_written_and_non_empty(tmp_path):
     probs = random_probs(1, 60, 3)[0]
     images = RNG.integers(0, 256, (60, 28, 28), dtype=np.uint8)
     scores = {"precision": np.full(3, 0.5), "recall": np.full(3, 0.6), "f1": np.full(3, 0.55)}
-    paths = draw(tmp_path, images, labels, probs, scores, ["a", "b", "c"],
+    paths = draw(tmp_path, images, labels, probs, random_probs(1, 60, 3)[0], scores, ["a", "b", "c"],
                  Evaluate(ece_bins=10, mistakes=12), "test")
     assert len(paths) == 4
     for path in paths:
