@@ -158,7 +158,9 @@ def main() -> None:
         for path in [*pictures, args.tables / "per_class.csv", args.metrics]:
             run.log_artifact(path, folder="evaluation")
         run.log_ensemble_model(args.model, images[:2], name=f"{params.dataset.name}-ensemble",
-                               gates=params.report.gates, metrics=report)
+                               gates=params.report.gates, metrics=report, metadata={
+                                   "method": ensemble.method, "tta_flip": ensemble.tta_flip,
+                                   "temperatures": {n: round(float(t), 6) for n, t in zip(names, ensemble.temperatures)}})
 
 
 if __name__ == "__main__":

@@ -137,11 +137,12 @@ class StageRun:
         )
 
     def log_ensemble_model(self, path: Path, example: Any, name: str, gates: list[Gate],
-                           metrics: Mapping[str, Any]) -> str:
+                           metrics: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> str:
         """The ensemble file as a new version of the registered pyfunc model `name`, taking uint8 images
         (N, H, W), logged as code (stages/ensemble_pyfunc.py, run on load) so that loading it unpickles nothing;
         the stages package travels with it, so `mlflow models predict` needs no checkout of this repo. The
         alias `champion` moves to it unless `metrics` are worse than the champion's beyond the `gates`.
+        `metadata` goes into the MLmodel file, where the UI shows it beside the version.
         Returns the sentence saying what happened to the alias (also the run's tag `champion`)."""
         import numpy as np
 
@@ -150,6 +151,7 @@ class StageRun:
             name="ensemble", python_model=str(stages_dir / "ensemble_pyfunc.py"), artifacts={"ensemble": str(path)},
             code_paths=[str(stages_dir)], input_example=np.ascontiguousarray(example, dtype=np.uint8),
             registered_model_name=name, pip_requirements=locked_requirements(SERVING_PACKAGES),
+            metadata=dict(metadata or {}),
         )
         verdict = promote(mlflow.MlflowClient(), name, str(info.registered_model_version), metrics, gates)
         mlflow.set_tag("champion", verdict)

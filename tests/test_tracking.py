@@ -136,17 +136,20 @@ def test_the_ensemble_is_logged_as_code_and_loads_without_unpickling(monkeypatch
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     ensemble = tiny_ensemble()
+    ensemble.temperatures = np.array([0.7])  # the served model applies the fitted temperatures
     ensemble.save(tmp_path / "ensemble.pt")
     images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
     with tracking.stage_run("evaluate", {}, experiment="tiny") as run, warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         verdict = run.log_ensemble_model(tmp_path / "ensemble.pt", images[:2], name="tiny-ensemble", gates=[],
-                                         metrics={})
+                                         metrics={}, metadata={"temperatures": {"m0": 0.7}})
     assert not [w for w in seen if "pickle" in str(w.message).lower()], [str(w.message) for w in seen]
     local = mlflow.artifacts.download_artifacts(f"runs:/{run.run_id}/ensemble", dst_path=str(tmp_path / "model"))
     files = {p.relative_to(local).as_posix() for p in Path(local).rglob("*") if p.is_file()}
     assert not [f for f in files if f.endswith((".pkl", ".pickle"))], files  # nothing cloudpickled
-    flavor = yaml.safe_load((Path(local) / "MLmodel").read_text())["flavors"]["python_function"]
+    mlmodel = yaml.safe_load((Path(local) / "MLmodel").read_text())
+    assert mlmodel["metadata"]["temperatures"] == {"m0": 0.7}
+    flavor = mlmodel["flavors"]["python_function"]
     assert flavor["model_code_path"].endswith("ensemble_pyfunc.py")
     requirements = (Path(local) / "requirements.txt").read_text().split()
     assert set(requirements) >= set(tracking.locked_requirements(tracking.SERVING_PACKAGES))
