@@ -3,6 +3,7 @@ seconds per epoch; with --accuracy also the training time to reach 92/93/94% tes
 
     python bench/bench.py                        # throughput of every net on the default device
     python bench/bench.py --nets fast --accuracy # + a full training run of the fast net (minutes on a CPU)
+    python bench/bench.py --nets fast --layouts 1x2 2x1  # DDP training steps: processes x threads each
 
 Test accuracy is measured after every epoch here for the time-to-accuracy figures only: the pipeline itself
 selects checkpoints on validation data and never looks at the test set before evaluation.
@@ -11,13 +12,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import platform
+import socket
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -66,6 +71,47 @@ def throughput(model, device, precision, channels_last, batch_size, train: bool,
     return images / (time.perf_counter() - started)
 
 
+def _layout_worker(rank: int, size: int, threads: int, port: int, name: str, precision: str, batch_size: int,
+                   steps: int, results) -> None:
+    """One DDP process: `steps` training steps on its 1/size share of each global batch, as train.fit does."""
+    torch.set_num_threads(threads)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
+    try:
+        torch.manual_seed(0)
+        model = nets.build(name, 10, (28, 28)).to(memory_format=torch.channels_last)
+        ddp = torch.nn.parallel.DistributedDataParallel(model) if size > 1 else model
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+        x = torch.randn(batch_size // size, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (batch_size // size,))
+        device = torch.device("cpu")
+        for i in range(steps + 5):  # 5 warm-up steps
+            if i == 5:
+                dist.barrier()
+                started = time.perf_counter()
+            with autocast(device, precision):
+                loss = torch.nn.functional.cross_entropy(ddp(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        dist.barrier()
+        if rank == 0:
+            results.put(steps * batch_size / (time.perf_counter() - started))
+    finally:
+        dist.destroy_process_group()
+
+
+def layout_throughput(name: str, processes: int, threads: int, precision: str, batch_size: int,
+                      steps: int) -> float:
+    """Training images/s of `processes` DDP processes (gloo, this machine) with `threads` threads each."""
+    with socket.socket() as probe:  # a free port on the loopback interface for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    results = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_layout_worker, args=(processes, threads, port, name, precision, batch_size, steps, results),
+             nprocs=processes, join=True)
+    return results.get()
+
+
 def time_to_accuracy(name, params, device, data_dir: Path, epochs: int) -> dict[float, float | None]:
     """Train `name` with the pipeline's recipe on split 0; seconds of training until test accuracy first
     reaches each target (None if never)."""
@@ -94,6 +140,19 @@ def time_to_accuracy(name, params, device, data_dir: Path, epochs: int) -> dict[
     return reached
 
 
+def compare_layouts(args: argparse.Namespace) -> None:
+    """The table of process layouts: the same global batch, split over P processes of T threads."""
+    print(f"# {platform.processor() or 'CPU'}, {len(os.sched_getaffinity(0))} cores; torch {torch.__version__}; "
+          f"{args.precision}, channels_last, global batch {args.batch_size}, gloo DDP; {args.steps} steps each")
+    print(f"{'net':8} {'layout':>8} {'train img/s':>12} {'GFLOP/s':>8} {'s/epoch':>8}")
+    for name in args.nets:
+        flops = forward_flops(nets.build(name, 10, (28, 28)), (28, 28))
+        for layout in args.layouts:
+            processes, threads = (int(v) for v in layout.lower().split("x"))
+            ips = layout_throughput(name, processes, threads, args.precision, args.batch_size, args.steps)
+            print(f"{name:8} {layout:>8} {ips:>12,.0f} {3 * flops * ips / 1e9:>8.1f} {48000 / ips:>8.1f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nets", nargs="+", default=list(nets.NETS), choices=nets.NETS)
@@ -104,9 +163,15 @@ def main() -> None:
     parser.add_argument("--accuracy", action="store_true", help="also train each net and time 92/93/94%%")
     parser.add_argument("--epochs", type=int, default=None, help="for --accuracy; default train.epochs")
     parser.add_argument("--data", type=Path, default=Path("data/processed"))
+    parser.add_argument("--layouts", nargs="+", metavar="PxT",
+                        help="only compare data-parallel layouts on the CPU: P processes x T threads, e.g. 1x2 2x1")
+    parser.add_argument("--steps", type=int, default=60, help="for --layouts: timed training steps per layout")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     params = load_params()
+    if args.layouts:
+        compare_layouts(args)
+        return
     threads = set_threads(params.train.threads)
     device = pick_device(args.device)
     fit_images = round(params.dataset.train_count * (1 - params.preprocess.val_fraction))

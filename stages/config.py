@@ -102,7 +102,8 @@ class Train(Section):
     precision: Literal["bf16", "fp32"]
     channels_last: bool
     compile: bool
-    threads: int = Field(ge=0, le=1024, description="CPU threads; 0 = every core this process may use")
+    processes: int = Field(ge=1, le=1024, description="data-parallel training processes on this machine (torchrun)")
+    threads: int = Field(ge=0, le=1024, description="CPU threads shared by the processes; 0 = every core")
     eval_batch_size: int = Field(ge=1, le=65536)
 
 

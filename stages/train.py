@@ -1,12 +1,16 @@
 """train stage (`train@<member>`): one ensemble member on its own seed and train/validation split, keeping the
 checkpoint with the best validation loss. Resumable: a checkpoint each epoch, so a killed run continues where it
-stopped and ends with the same weights as an uninterrupted one."""
+stopped and ends with the same weights as an uninterrupted one. On one process, or data-parallel on
+train.processes (DDP under torchrun: stages/distributed.py), with the same outputs either way."""
 from __future__ import annotations
 
 import argparse
 import csv
 import logging
+import contextlib
 import math
+import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
@@ -24,6 +29,8 @@ from stages.checkpoint import save_checkpoint
 from stages.common import StageError, atomic_path, digest, run_main, write_json
 from stages.config import Params, Train, load_params
 from stages.device import autocast, pick_device, set_threads
+from stages.distributed import (World, join, leave, quiet_other_ranks, relaunch, share_buffers, sum_across,
+                                threads_per_process, under_torchrun)
 from stages.nets import Normalizer
 
 log = logging.getLogger("stages.train")
@@ -80,19 +87,30 @@ def make_optimizer(model: nn.Module, cfg: Train) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
 
 
+def shard(n: int, world: World) -> slice:
+    """This process's contiguous share of n items (the last process takes the remainder)."""
+    per = n // world.size
+    return slice(world.rank * per, n if world.rank == world.size - 1 else (world.rank + 1) * per)
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Images, norm: Normalizer, cfg: Train) -> tuple[float, float]:
-    """Mean cross-entropy (no label smoothing) and accuracy of `model` on `data`."""
+def evaluate(model: nn.Module, data: Images, norm: Normalizer, cfg: Train,
+             world: World = World()) -> tuple[float, float]:
+    """Mean cross-entropy (no label smoothing) and accuracy of `model` on `data`; with several processes each
+    scores its shard and the sums are shared, so every process gets the same figures."""
     model = nets.for_inference(model)
     device = data.x.device
+    mine = shard(len(data), world)
+    x_all, y_all = data.x[mine], data.y[mine]
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    for start in range(0, len(data), cfg.eval_batch_size):
-        x, y = data.x[start:start + cfg.eval_batch_size], data.y[start:start + cfg.eval_batch_size]
+    for start in range(0, len(y_all), cfg.eval_batch_size):
+        x, y = x_all[start:start + cfg.eval_batch_size], y_all[start:start + cfg.eval_batch_size]
         with autocast(device, cfg.precision):
             logits = model(norm(x)).float()
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
+    sum_across(world, loss_sum, correct)
     return loss_sum.item() / len(data), correct.item() / len(data)
 
 
@@ -111,16 +129,23 @@ def fit(
     checkpoint: Path | None = None,
     fingerprint: str = "",
     on_epoch: Callable[[dict[str, float]], None] = lambda row: None,
+    world: World = World(),
 ) -> FitResult:
     """Train `model` for cfg.epochs; keep the weights with the best validation loss.
-    With `checkpoint`, state is saved after every epoch and a matching `fingerprint` resumes from it."""
+    With `checkpoint`, state is saved after every epoch (by rank 0) and a matching `fingerprint` resumes from it.
+    With several processes (`world`), each draws the same shuffled, augmented global batch from the same seeded
+    generator and trains on its own slice of it; DDP averages the gradients, so a global step sees the
+    cfg.batch_size images a single process would, and every process can resume from rank 0's checkpoint."""
     device = fit_data.x.device
     torch.manual_seed(seed)
     gen = torch.Generator(device).manual_seed(seed)
     optimizer = make_optimizer(model, cfg)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) \
         if cfg.ema_decay else None
-    step_model = torch.compile(model) if cfg.compile else model
+    step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world.distributed else model
+    step_model = torch.compile(step_model) if cfg.compile else step_model
+    mine = shard(cfg.batch_size, world)
     steps = batches_per_epoch(len(fit_data), cfg.batch_size)
     total = steps * cfg.epochs
     result = FitResult(best_state={}, best_epoch=0)
@@ -151,13 +176,15 @@ def fit(
         order = torch.randperm(len(fit_data), device=device, generator=gen)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
-        seen = 0
-        for i in tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None):
+        seen = torch.zeros((), device=device, dtype=torch.int64)
+        for i in tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
+                      disable=None if world.is_main else True):
             step = (epoch - 1) * steps + i
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total, cfg)
             index = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             x, y = augment(norm(fit_data.x[index]), cfg.augment, gen), fit_data.y[index]
+            x, y = x[mine], y[mine]  # the whole batch is augmented so that the generator stays in step everywhere
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, cfg.precision):
@@ -171,12 +198,16 @@ def fit(
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
+        sum_across(world, loss_sum, correct, seen)
+        seen = int(seen.item())
         train_loss = loss_sum.item() / seen
         if not math.isfinite(train_loss):
             raise StageError(f"training loss became {train_loss} in epoch {epoch} (peak train.lr={cfg.lr}): "
                              "lower train.lr or check the data; no checkpoint was saved")
         seconds = time.perf_counter() - started
-        val_loss, val_accuracy = evaluate(ema.module if ema is not None else model, val_data, norm, cfg)
+        scored = ema.module if ema is not None else model
+        share_buffers(world, scored)
+        val_loss, val_accuracy = evaluate(scored, val_data, norm, cfg, world)
         row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": correct.item() / seen,
                "val_loss": val_loss, "val_accuracy": val_accuracy, "lr": lr_at(epoch * steps - 1, total, cfg),
                "seconds": seconds, "images_per_second": seen / seconds}
@@ -189,7 +220,7 @@ def fit(
                  epoch, cfg.epochs, train_loss, 100 * row["train_accuracy"], val_loss, 100 * val_accuracy,
                  seconds, row["images_per_second"])
         on_epoch(row)
-        if checkpoint is not None:
+        if checkpoint is not None and world.is_main:
             save_checkpoint(checkpoint, {
                 "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "ema": ema.state_dict() if ema is not None else None,
@@ -222,8 +253,27 @@ def main() -> None:
     if member is None:
         raise StageError(f"--member {args.member!r} is not in params.yaml members: {', '.join(params.members)}")
     cfg = params.train
-    threads = set_threads(cfg.threads)
+    if cfg.processes > 1 and not under_torchrun():
+        relaunch(cfg.processes, sys.argv[1:])
+        return
+    quiet_other_ranks()
     device = pick_device(cfg.device)
+    world = join(device.type)
+    try:
+        train_member(args, params, device, world)
+    finally:
+        leave(world)
+
+
+def train_member(args: argparse.Namespace, params: Params, device: torch.device, world: World) -> None:
+    """This process's part of training one member; rank 0 also writes the outputs and the MLflow run."""
+    member, cfg = params.members[args.member], params.train
+    if cfg.batch_size % world.size:
+        raise StageError(f"train.batch_size {cfg.batch_size} does not split evenly over {world.size} processes "
+                         "(train.processes, or torchrun's world size); choose a multiple of it")
+    if device.type == "cuda" and world.distributed:
+        device = torch.device("cuda", world.local_rank)
+    threads = set_threads(threads_per_process(cfg.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     torch.manual_seed(member.seed)
     fit_data, val_data, mean, std = load_member_data(args.data, member.split, device)
     norm = Normalizer(torch.from_numpy(mean).to(device), torch.from_numpy(std).to(device), cfg.channels_last)
@@ -232,15 +282,23 @@ def main() -> None:
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     section = {"train": cfg.model_dump(), "member": {"name": args.member, **member.model_dump()},
-               "preprocess": params.preprocess.model_dump(), "dataset": {"files": params.dataset.files.model_dump()}}
+               "preprocess": params.preprocess.model_dump(), "dataset": {"files": params.dataset.files.model_dump()},
+               "world_size": world.size}
     stage = f"train@{args.member}"
-    with tracking.stage_run(stage, section, experiment=params.dataset.name) as run:
-        run.set_tags({"member": args.member, "device": str(device), "threads": threads,
-                      "torch_version": torch.__version__, "parameters": nets.count_parameters(model)})
-        log.info("%s: %s net, %d parameters, %d fit / %d validation images, %d threads", stage, cfg.net,
-                 nets.count_parameters(model), len(fit_data), len(val_data), threads)
+    # Rank 0 alone records the run; the others train their shard and write nothing.
+    context = tracking.stage_run(stage, section, experiment=params.dataset.name) if world.is_main \
+        else contextlib.nullcontext()
+    with context as run:
+        if run is not None:
+            run.set_tags({"member": args.member, "device": str(device), "threads": threads, "processes": world.size,
+                          "torch_version": torch.__version__, "parameters": nets.count_parameters(model)})
+        log.info("%s: %s net, %d parameters, %d fit / %d validation images, %d process(es) x %d threads", stage,
+                 cfg.net, nets.count_parameters(model), len(fit_data), len(val_data), world.size, threads)
         result = fit(model, fit_data, val_data, norm, cfg, member.seed, args.resume, digest(section),
-                     on_epoch=lambda row: run.log_metrics(row, step=int(row["epoch"])))
+                     on_epoch=(lambda row: run.log_metrics(row, step=int(row["epoch"]))) if run else lambda row: None,
+                     world=world)
+        if run is None:
+            return
         model.load_state_dict(result.best_state)
         save_member(args.model, model, norm, params, args.member, result)
         summary = {"best_epoch": result.best_epoch, "val_loss": round(result.best["val_loss"], 6),

@@ -21,6 +21,13 @@ def test_the_ci_profile_yields_valid_small_params():
     assert list(params.members) == ["m0", "m1"] and params.train.lr == real_params()["train"]["lr"]
 
 
+def test_the_gpu_profile_yields_valid_params_for_a_wide_resnet_on_cuda():
+    profile = yaml.safe_load((ROOT / "profiles" / "gpu.yaml").read_text())
+    params = parse_params(apply_profile(real_params(), profile, "profiles/gpu.yaml"))
+    assert params.train.net == "wrn" and params.train.device == "cuda" and params.train.compile
+    assert list(params.members) == list(real_params()["members"])  # the ensemble stays as it is
+
+
 @pytest.mark.fault
 def test_a_profile_with_a_typo_fails_naming_the_key():
     with pytest.raises(ParamsError, match=r"params.yaml with p.yaml: 1 invalid.*\n  train.epoch: unknown key"):

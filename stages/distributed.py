@@ -1,0 +1,104 @@
+"""Data-parallel training across processes with PyTorch's own engine: the stage relaunches itself under
+torchrun (torch.distributed.run) when train.processes > 1, and each worker learns its rank from the environment
+torchrun sets. Gloo on the CPU, NCCL on CUDA. Started by hand with `torchrun --nnodes ... -m stages.train`, the
+same code runs on several machines."""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from stages.common import StageError
+
+log = logging.getLogger("stages.distributed")
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes; rank 0 alone writes files and talks to MLflow."""
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def quiet_other_ranks() -> None:
+    """Progress and INFO logs from rank 0 only: the other ranks say the same, or nothing new."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        logging.getLogger("stages").setLevel(logging.WARNING)
+
+
+def under_torchrun() -> bool:
+    """True in a worker that torchrun (or another elastic launcher) started."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
+
+
+def threads_per_process(threads: int, processes: int) -> int:
+    """train.threads split between the processes on this machine (0 = every core this process may use)."""
+    total = threads or len(os.sched_getaffinity(0))
+    return max(1, total // processes)
+
+
+def relaunch(processes: int, argv: list[str], module: str = "stages.train") -> None:
+    """Run `python -m module argv` as `processes` workers on this machine under torchrun and wait for them.
+    A worker that fails (an exception, a kill, running out of memory) makes torchrun stop the others; that ends
+    here as a StageError. Only rank 0 writes, and only by renaming complete files, so nothing half-written stays."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+               f"--nproc-per-node={processes}", "--max-restarts=0", "-m", module, *argv]
+    log.info("starting %d training processes under torchrun", processes)
+    # OMP_NUM_THREADS would be set to 1 by torchrun with a warning; the workers set their own thread count.
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    result = subprocess.run(command, env=env)
+    if result.returncode != 0:
+        raise StageError(f"a training process failed (torchrun exit code {result.returncode}; its error is above). "
+                         "No model or metrics were written; the last per-epoch checkpoint is kept, so rerunning "
+                         "the stage resumes from it")
+
+
+def join(device_type: str) -> World:
+    """Join the process group torchrun prepared (gloo on the CPU, NCCL on CUDA); a single process joins nothing."""
+    if not under_torchrun():
+        return World()
+    world = World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    if world.distributed and not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if device_type == "cuda":
+            torch.cuda.set_device(world.local_rank)
+        dist.init_process_group(backend, device_id=torch.device("cuda", world.local_rank)
+                                if device_type == "cuda" else None)
+    return world
+
+
+def leave(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def sum_across(world: World, *values: torch.Tensor) -> list[torch.Tensor]:
+    """Each tensor summed over all processes (in place, returned for convenience)."""
+    if world.distributed:
+        for value in values:
+            dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return list(values)
+
+
+def share_buffers(world: World, module: nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) to every process: each process updates its own from its
+    own shard of the batch, so without this the ranks would validate, and choose the best epoch, with different
+    models."""
+    if world.distributed:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
