@@ -4,8 +4,10 @@ torchrun sets. Gloo on the CPU, NCCL on CUDA. Started by hand with `torchrun --n
 same code runs on several machines."""
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -52,6 +54,14 @@ def threads_per_process(threads: int, processes: int) -> int:
     return max(1, total // processes)
 
 
+def die_with_parent() -> None:
+    """Have Linux SIGKILL this process when its parent dies. torchrun starts each worker in a session of its own,
+    so a SIGKILL of `dvc repro`'s process group would otherwise leave the workers training, and writing outputs,
+    after the stage is gone."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+
+
 def relaunch(processes: int, argv: list[str], module: str = "stages.train") -> None:
     """Run `python -m module argv` as `processes` workers on this machine under torchrun and wait for them.
     A worker that fails (an exception, a kill, running out of memory) makes torchrun stop the others; that ends
@@ -61,7 +71,7 @@ def relaunch(processes: int, argv: list[str], module: str = "stages.train") -> N
     log.info("starting %d training processes under torchrun", processes)
     # OMP_NUM_THREADS would be set to 1 by torchrun with a warning; the workers set their own thread count.
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    result = subprocess.run(command, env=env)
+    result = subprocess.run(command, env=env, preexec_fn=die_with_parent)
     if result.returncode != 0:
         raise StageError(f"a training process failed (torchrun exit code {result.returncode}; its error is above). "
                          "No model or metrics were written; the last per-epoch checkpoint is kept, so rerunning "
@@ -72,6 +82,7 @@ def join(device_type: str) -> World:
     """Join the process group torchrun prepared (gloo on the CPU, NCCL on CUDA); a single process joins nothing."""
     if not under_torchrun():
         return World()
+    die_with_parent()  # the torchrun agent
     world = World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
     if world.distributed and not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
