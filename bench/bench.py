@@ -42,6 +42,16 @@ def forward_flops(model: torch.nn.Module, shape: tuple[int, int]) -> int:
     return counter.get_total_flops()
 
 
+def step(model, optimizer, x, y, device, precision, train: bool = True) -> None:
+    """One training step (forward, backward, SGD update), or one inference pass when not `train`."""
+    with torch.set_grad_enabled(train), autocast(device, precision):
+        loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+    if train:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
 def throughput(model, device, precision, channels_last, batch_size, train: bool, seconds: float = 5.0) -> float:
     """Images per second of training steps (forward, backward, SGD update) or of inference."""
     x = torch.randn(batch_size, 1, 28, 28, device=device)
@@ -50,22 +60,13 @@ def throughput(model, device, precision, channels_last, batch_size, train: bool,
         x = x.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     model.train(train)
-
-    def step():
-        with torch.set_grad_enabled(train), autocast(device, precision):
-            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-        if train:
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
     for _ in range(3):  # warm-up: allocator, oneDNN/cuDNN kernel choice, torch.compile
-        step()
+        step(model, optimizer, x, y, device, precision, train)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
     images, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        step()
+        step(model, optimizer, x, y, device, precision, train)
         images += batch_size
     sync()
     return images / (time.perf_counter() - started)
@@ -88,11 +89,7 @@ def _layout_worker(rank: int, size: int, threads: int, port: int, name: str, pre
             if i == 5:
                 dist.barrier()
                 started = time.perf_counter()
-            with autocast(device, precision):
-                loss = torch.nn.functional.cross_entropy(ddp(x).float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            step(ddp, optimizer, x, y, device, precision)
         dist.barrier()
         if rank == 0:
             results.put(steps * batch_size / (time.perf_counter() - started))

@@ -98,12 +98,11 @@ def leave(world: World) -> None:
         dist.destroy_process_group()
 
 
-def sum_across(world: World, *values: torch.Tensor) -> list[torch.Tensor]:
-    """Each tensor summed over all processes (in place, returned for convenience)."""
+def sum_across(world: World, *values: torch.Tensor) -> None:
+    """Each tensor summed over all processes, in place."""
     if world.distributed:
         for value in values:
             dist.all_reduce(value, op=dist.ReduceOp.SUM)
-    return list(values)
 
 
 def share_buffers(world: World, module: nn.Module) -> None:

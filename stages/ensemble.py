@@ -160,12 +160,13 @@ def calibrate_on_validation(ensemble: Ensemble, data_dir: Path, device: torch.de
         mirrored = member_logits(model, images[val], state["mean"], state["std"], device, mirrored=True)
         views = [plain, mirrored] if ensemble.tta_flip else [plain]
         temperature = fit_temperature(views, labels[val]) if calibrate else 1.0
-        raw, tempered = tempered_probabilities(views, 1.0), tempered_probabilities(views, temperature)
+        flip_tta = tempered_probabilities([plain, mirrored], 1.0)
+        raw = flip_tta if ensemble.tta_flip else tempered_probabilities(views, 1.0)
+        tempered = tempered_probabilities(views, temperature)
         rows.append({
             "temperature": temperature,
-            "accuracy": float((tempered_probabilities([plain], 1.0).argmax(1) == labels[val]).mean()),
-            "accuracy_flip_tta": float((tempered_probabilities([plain, mirrored], 1.0).argmax(1)
-                                        == labels[val]).mean()),
+            "accuracy": float((plain.argmax(1) == labels[val]).mean()),
+            "accuracy_flip_tta": float((flip_tta.argmax(1) == labels[val]).mean()),
             "ece_uncalibrated": calibration(raw, labels[val], bins)[0],
             "ece": calibration(tempered, labels[val], bins)[0],
             "log_loss_uncalibrated": negative_log_likelihood(views, labels[val], 1.0),

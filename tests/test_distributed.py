@@ -35,9 +35,12 @@ def block_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+def project_env(project: Path) -> dict[str, str]:
+    return {**subprocess_env(), "DVC_ROOT": str(project), "PYTHONPATH": str(ROOT)}
+
+
 def run(project: Path, *cmd: str) -> subprocess.CompletedProcess:
-    env = {**subprocess_env(), "DVC_ROOT": str(project), "PYTHONPATH": str(ROOT)}
-    return subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, cwd=project, env=project_env(project), capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +143,7 @@ def worker_pid(project: Path, rank: int) -> int | None:
 @pytest.mark.e2e
 @pytest.mark.fault
 def test_a_killed_rank_fails_the_stage_and_a_rerun_resumes_to_the_same_weights(uninterrupted, project):
-    env = {**subprocess_env(), "DVC_ROOT": str(project), "PYTHONPATH": str(ROOT)}
-    stage = subprocess.Popen(TRAIN, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    stage = subprocess.Popen(TRAIN, cwd=project, env=project_env(project), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True)
     deadline = time.monotonic() + 300
     while not (project / "resume" / "m0.pt").exists():  # rank 0 saved epoch 1: kill rank 1 mid-run
