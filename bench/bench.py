@@ -14,8 +14,8 @@ import argparse
 import logging
 import os
 import platform
-import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,11 +72,11 @@ def throughput(model, device, precision, channels_last, batch_size, train: bool,
     return images / (time.perf_counter() - started)
 
 
-def _layout_worker(rank: int, size: int, threads: int, port: int, name: str, precision: str, batch_size: int,
+def _layout_worker(rank: int, size: int, threads: int, store: str, name: str, precision: str, batch_size: int,
                    steps: int, results) -> None:
     """One DDP process: `steps` training steps on its 1/size share of each global batch, as train.fit does."""
     torch.set_num_threads(threads)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=size)
     try:
         torch.manual_seed(0)
         model = nets.build(name, 10, (28, 28)).to(memory_format=torch.channels_last)
@@ -100,12 +100,10 @@ def _layout_worker(rank: int, size: int, threads: int, port: int, name: str, pre
 def layout_throughput(name: str, processes: int, threads: int, precision: str, batch_size: int,
                       steps: int) -> float:
     """Training images/s of `processes` DDP processes (gloo, this machine) with `threads` threads each."""
-    with socket.socket() as probe:  # a free port on the loopback interface for the rendezvous
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     results = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(_layout_worker, args=(processes, threads, port, name, precision, batch_size, steps, results),
-             nprocs=processes, join=True)
+    with tempfile.TemporaryDirectory() as scratch:  # a file rendezvous: no port to find or to listen on
+        mp.spawn(_layout_worker, args=(processes, threads, f"{scratch}/store", name, precision, batch_size, steps,
+                                       results), nprocs=processes, join=True)
     return results.get()
 
 
