@@ -1,7 +1,6 @@
 """The package's shape: no import cycles, and every stage in dvc.yaml depends on the code that shapes its outputs."""
 import ast
 import re
-from pathlib import Path
 
 import yaml
 
