@@ -71,9 +71,27 @@ def relaunch(processes: int, argv: list[str], module: str = "stages.train") -> N
     log.info("starting %d training processes under torchrun", processes)
     # OMP_NUM_THREADS would be set to 1 by torchrun with a warning; the workers set their own thread count.
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    result = subprocess.run(command, env=env, preexec_fn=die_with_parent)
-    if result.returncode != 0:
-        raise StageError(f"a training process failed (torchrun exit code {result.returncode}; its error is above). "
+    # torchrun gets a session of its own, so a signal reaches it once, from here, and it stops its workers with
+    # it: they unwind and end their MLflow run FAILED. A second signal kills at once (the workers die with it).
+    launcher = subprocess.Popen(command, env=env, preexec_fn=die_with_parent, start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        launcher.send_signal(signum if not received else signal.SIGKILL)
+        received.append(signum)
+
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        returncode = launcher.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:
+        raise StageError(f"stopped by {signal.Signals(received[0]).name}; the training processes were stopped "
+                         "with it. No model or metrics were written; the last per-epoch checkpoint is kept, so "
+                         "rerunning the stage resumes from it")
+    if returncode != 0:
+        raise StageError(f"a training process failed (torchrun exit code {returncode}; its error is above). "
                          "No model or metrics were written; the last per-epoch checkpoint is kept, so rerunning "
                          "the stage resumes from it")
 

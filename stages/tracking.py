@@ -7,6 +7,8 @@ import contextlib
 import logging
 import os
 import re
+import signal
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,31 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_R
 
 class TrackingError(StageError):
     """The tracking store cannot be reached or written."""
+
+
+class Terminated(SystemExit):
+    """SIGTERM as an exception: the stage unwinds, so its MLflow run ends FAILED instead of staying RUNNING.
+    torchrun sends SIGTERM to the other workers when one dies; so do CI cancels, `kill` and container stops."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+
+
+@contextlib.contextmanager
+def _unwind_on_sigterm() -> Iterator[None]:
+    def terminate(signum: int, _frame: object) -> None:
+        log.error("stopped by %s; the MLflow run ends FAILED and no output is left half-written",
+                  signal.Signals(signum).name)
+        raise Terminated(signum)
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def tracking_uri() -> str:
@@ -243,7 +270,7 @@ def stage_run(stage: str, params: Mapping[str, Any], experiment: str) -> Iterato
     status = "FAILED"
     produced: dict[str, str] = {}
     try:
-        with run:
+        with _unwind_on_sigterm(), run:
             mlflow.log_params(flatten(params))
             log.info("MLflow run %s (%s) in %s", run.info.run_id, stage, uri)
             yield StageRun(run.info.run_id)

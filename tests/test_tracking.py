@@ -1,3 +1,5 @@
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -79,6 +81,22 @@ def test_failing_stage_leaves_a_failed_run_and_a_failed_pipeline(monkeypatch, tm
     parent = store.get_run(child.data.tags["mlflow.parentRunId"])
     assert child.info.status == "FAILED" and parent.info.status == "FAILED"
     assert parent.data.tags["lineage.train"] == f"failed {run.run_id}"
+
+
+@pytest.mark.fault
+def test_sigterm_ends_the_run_failed_instead_of_leaving_it_running(monkeypatch, tmp_path):
+    # torchrun stops the surviving workers with SIGTERM; Python's default would die without ending the run
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    with pytest.raises(tracking.Terminated) as stopped, tracking.stage_run("train", {}, experiment="tiny") as run:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler lives only as long as the run
+    store = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    child = store.get_run(run.run_id)
+    assert child.info.status == "FAILED"
+    assert store.get_run(child.data.tags["mlflow.parentRunId"]).info.status == "FAILED"
 
 
 def test_stages_of_one_execution_share_a_parent_holding_params_dataset_and_metrics(monkeypatch, tmp_path):
