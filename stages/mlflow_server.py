@@ -18,14 +18,15 @@ from stages.tracking import TrackingError
 
 @contextlib.contextmanager
 def local_server(store_uri: str, artifacts_destination: str | None = None, env: dict[str, str] | None = None,
-                 startup_s: float = 90) -> Iterator[str]:
-    """`mlflow server` for `store_uri` on 127.0.0.1 (never all interfaces) and a free port, for as long as the
-    block runs; yields its base URL once /health answers, and stops it and its workers afterwards.
+                 startup_s: float = 90, port: int | None = None) -> Iterator[str]:
+    """`mlflow server` for `store_uri` on 127.0.0.1 (never all interfaces) and `port` (default: a free one), for
+    as long as the block runs; yields its base URL once /health answers, and stops it and its workers afterwards.
     With `artifacts_destination` (s3://bucket/prefix) the server proxies artifacts there, so clients need no
     credentials for it: only the server's `env` holds them (AWS_*, MLFLOW_S3_ENDPOINT_URL)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    if port is None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", store_uri, "--workers", "1",

@@ -15,6 +15,7 @@ from typing import Any
 
 import mlflow
 import mlflow.pyfunc
+import requests
 from mlflow.exceptions import MlflowException
 
 from stages import lineage
@@ -31,6 +32,9 @@ log = logging.getLogger("stages.tracking")
 
 # MLflow's own defaults retry an unreachable server for minutes; a stage should fail fast and say why.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
+# Once a stage's run has started, the server did answer: an outage now is most likely a restart, worth
+# waiting out (back-off 0+2+4+8+16+32 s, about a minute) rather than losing minutes of training.
+HTTP_MID_RUN = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
 
 class TrackingError(StageError):
@@ -62,10 +66,27 @@ def _unwind_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _ride_out_restarts(chosen_by_user: set[str]) -> Iterator[None]:
+    changed = {key: os.environ.get(key) for key in HTTP_MID_RUN if key not in chosen_by_user}
+    os.environ.update({key: HTTP_MID_RUN[key] for key in changed})
+    try:
+        yield
+    finally:
+        for key, value in changed.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI, else a SQLite store at the DVC root (not the cwd: `dvc exp run --temp/--queue`
     run stages in temporary copies that DVC deletes afterwards)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def _experiment_id(name: str, uri: str) -> str:
@@ -76,7 +97,8 @@ def _experiment_id(name: str, uri: str) -> str:
     local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
     location = (repo_root() / "mlartifacts").as_uri() if local else None
     try:
-        return mlflow.create_experiment(name, artifact_location=location)
+        # The kind makes the UI open on the training runs, not on the GenAI traces overview.
+        return mlflow.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
     except MlflowException:
         # Another stage (`dvc queue start -j 2`) created it between our lookup and create.
         experiment = mlflow.get_experiment_by_name(name)
@@ -248,6 +270,7 @@ def _store_lock(uri: str) -> Iterator[None]:
 def stage_run(stage: str, params: Mapping[str, Any], experiment: str) -> Iterator[StageRun]:
     """One MLflow run for one stage execution, a child of its pipeline's parent run: params flattened, tags set,
     FAILED if the stage raises; at the end, the parent's lineage and metrics are brought up to date."""
+    chosen_by_user = {key for key in (*HTTP_DEFAULTS, *HTTP_MID_RUN) if key in os.environ}
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
     uri = tracking_uri()
@@ -270,7 +293,7 @@ def stage_run(stage: str, params: Mapping[str, Any], experiment: str) -> Iterato
     status = "FAILED"
     produced: dict[str, str] = {}
     try:
-        with _unwind_on_sigterm(), run:
+        with _unwind_on_sigterm(), _ride_out_restarts(chosen_by_user), run:
             mlflow.log_params(flatten(params))
             log.info("MLflow run %s (%s) in %s", run.info.run_id, stage, uri)
             yield StageRun(run.info.run_id)
@@ -279,6 +302,16 @@ def stage_run(stage: str, params: Mapping[str, Any], experiment: str) -> Iterato
             produced = lineage.output_hashes(lineage.stage_outputs(stage))
             mlflow.set_tag("dvc_outs", " ".join(f"{path}={md5}" for path, md5 in produced.items()))
             status = "FINISHED"
-    finally:
-        with _store_lock(uri):
+        with _store_lock(uri), _ride_out_restarts(chosen_by_user):
             lineage.update_pipeline(client, experiment_id, parent_id, stage, run.info.run_id, produced, status)
+    except BaseException as exc:
+        if status == "FAILED":  # record the failure in the pipeline row, if the store allows it
+            with contextlib.suppress(Exception), _store_lock(uri):
+                lineage.update_pipeline(client, experiment_id, parent_id, stage, run.info.run_id, produced, status)
+        if isinstance(exc, (MlflowException, requests.RequestException)):
+            raise TrackingError(
+                f"MLflow tracking store {uri} failed during stage {stage} (run {run.info.run_id}): {exc}\n"
+                "What was logged before is kept there. The stage fails so that DVC records none of its outputs: "
+                "once the store answers again, `dvc repro` reruns it."
+            ) from None
+        raise

@@ -1,4 +1,5 @@
 """`mlflow server` on the project's store serves what the stages logged, through MLflow's REST API."""
+import contextlib
 import json
 import urllib.request
 from pathlib import Path
@@ -94,3 +95,57 @@ def test_a_team_server_keeps_runs_in_postgresql_and_artifacts_in_s3_behind_its_p
                                            aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
                                            ).list_objects_v2(Bucket="mlflow")["Contents"]]
     assert any(key.endswith(f"{run.run_id}/artifacts/notes/verify.txt") for key in keys), keys
+
+
+def postgres_rows(postgres: str, query: str, *args) -> list[tuple]:
+    """Rows straight from the server's PostgreSQL, whether or not the server is up."""
+    import psycopg
+
+    with psycopg.connect(host=postgres.split("host=")[1], dbname="mlflow", user="postgres") as connection:
+        return connection.execute(query, args).fetchall()
+
+
+def test_a_server_restart_mid_stage_is_waited_out_and_loses_nothing(postgres, tmp_path, monkeypatch):
+    import threading
+    import time
+
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    with contextlib.ExitStack() as servers:
+        base = servers.enter_context(mlflow_server.local_server(postgres))
+        port = int(base.rsplit(":", 1)[1])
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", base)
+        with tracking.stage_run("train@m0", {"train": {"epochs": 2}}, experiment="restart") as run:
+            run.log_metrics({"val_accuracy": 0.8}, step=1)
+            servers.close()  # the server goes down mid-stage...
+            back = threading.Timer(3, lambda: servers.enter_context(mlflow_server.local_server(postgres, port=port)))
+            back.start()  # ...and is back a few seconds later (its start takes a few more)
+            started = time.monotonic()
+            run.log_metrics({"val_accuracy": 0.9}, step=2)  # waits for it rather than failing the stage
+            waited = time.monotonic() - started
+            back.join()
+        assert waited > 3
+        history = postgres_rows(postgres, "select step, value from metrics where run_uuid = %s order by step",
+                                run.run_id)
+        assert history == [(1, 0.8), (2, 0.9)]
+        assert postgres_rows(postgres, "select status from runs where run_uuid = %s", run.run_id) == [("FINISHED",)]
+
+
+@pytest.mark.fault
+def test_a_server_gone_for_good_fails_the_stage_naming_it_and_keeps_what_was_logged(postgres, tmp_path,
+                                                                                     monkeypatch):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # the user's choice wins over the minute of retries
+    with contextlib.ExitStack() as servers:
+        base = servers.enter_context(mlflow_server.local_server(postgres))
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", base)
+        with pytest.raises(tracking.TrackingError) as failed, \
+                tracking.stage_run("train@m1", {"train": {"epochs": 2}}, experiment="gone") as run:
+            run.log_metrics({"val_accuracy": 0.8}, step=1)
+            servers.close()  # down, and not coming back
+            run.log_metrics({"val_accuracy": 0.9}, step=2)
+    message = str(failed.value)
+    assert f"MLflow tracking store {base} failed during stage train@m1 (run {run.run_id})" in message
+    assert "What was logged before is kept there" in message and "`dvc repro` reruns it" in message
+    assert postgres_rows(postgres, "select step, value from metrics where run_uuid = %s", run.run_id) == [(1, 0.8)]
