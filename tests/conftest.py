@@ -1,6 +1,7 @@
 """Shared fixtures: tiny, valid IDX datasets written by the tests themselves, and the real params shrunk."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import os
@@ -8,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +132,24 @@ def create_bucket(endpoint: str, name: str) -> None:
     boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
                  aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
                  region_name="us-east-1").create_bucket(Bucket=name)
+
+
+@contextlib.contextmanager
+def s3_checking_keys(endpoint: str) -> Iterator[None]:
+    """moto's IAM checks switched on for the block: keys it never issued are refused (403 InvalidAccessKeyId), as a
+    real store refuses wrong credentials. Off again afterwards: the session's other tests use any key."""
+    import urllib.request
+
+    def post(count: str) -> None:
+        request = urllib.request.Request(f"{endpoint}/moto-api/reset-auth", count.encode(),
+                                         {"Content-Type": "text/plain"})  # not a form: moto reads the raw body
+        urllib.request.urlopen(request, timeout=10).close()
+
+    post("0")
+    try:
+        yield
+    finally:
+        post("inf")
 
 
 def _postgres_bindir() -> Path | None:

@@ -82,7 +82,8 @@ def test_a_team_server_keeps_runs_in_postgresql_and_artifacts_in_s3_behind_its_p
         assert mlflow.artifacts.load_text(f"runs:/{run.run_id}/notes/verify.txt") == "checked"  # via the proxy
     with psycopg.connect(host=postgres.split("host=")[1], dbname="mlflow", user="postgres") as connection:
         cursor = connection.cursor()
-        cursor.execute("select name, status from runs order by start_time")
+        cursor.execute("select r.name, r.status from runs r join experiments e on r.experiment_id = e.experiment_id "
+                       "where e.name = 'team' order by r.start_time")
         stored = cursor.fetchall()
         cursor.execute("select key, value from metrics where run_uuid = %s", (run.run_id,))
         metrics = dict(cursor.fetchall())

@@ -9,7 +9,7 @@ import mlflow
 import pytest
 import yaml
 
-from tests.conftest import ROOT, S3_CREDENTIALS, create_bucket, real_params, subprocess_env
+from tests.conftest import ROOT, S3_CREDENTIALS, create_bucket, real_params, s3_checking_keys, subprocess_env
 
 pytestmark = pytest.mark.e2e
 
@@ -18,8 +18,11 @@ if not DEBIAN_DATA.is_dir():
     pytest.skip(f"{DEBIAN_DATA} missing: install the Debian package dataset-fashion-mnist", allow_module_level=True)
 
 
-def sh(repo: Path, *cmd: str, check: bool = True) -> str:
-    done = subprocess.run(cmd, cwd=repo, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+def sh(repo: Path, *cmd: str, check: bool = True, env: dict[str, str] | None = None) -> str:
+    """Run a command in a test repo; `env` adds to (or, with None values, removes from) its environment."""
+    environment = {**subprocess_env(), **(env or {})}
+    environment = {k: v for k, v in environment.items() if v is not None}
+    done = subprocess.run(cmd, cwd=repo, env=environment, capture_output=True, text=True, timeout=600)
     output = done.stdout + done.stderr
     if check and done.returncode:
         raise AssertionError(f"{' '.join(cmd)} exited {done.returncode}:\n{output}")
@@ -252,14 +255,13 @@ def cached_outputs(repo: Path) -> dict[str, str]:
             if out["path"] in cached}
 
 
-def test_two_forced_reruns_write_identical_bytes_for_every_cached_output(repo):
+def test_a_forced_rerun_writes_identical_bytes_for_every_cached_output(repo):
     small_profile(repo)
-    outputs = []
-    for _ in range(2):
-        assert sorted(ran(sh(repo, "dvc", "repro", "-f"))) == [  # every stage of the CI profile, from scratch
-            "baselines", "download", "ensemble", "evaluate", "preprocess", "train@m0", "train@m1", "verify",
-            "visualize"]
-        outputs.append(cached_outputs(repo))
+    sh(repo, "dvc", "repro")  # what the earlier tests left (stage by stage), or the whole profile when run alone
+    outputs = [cached_outputs(repo)]
+    assert sorted(ran(sh(repo, "dvc", "repro", "-f"))) == [  # every stage of the CI profile, from scratch
+        "baselines", "download", "ensemble", "evaluate", "preprocess", "train@m0", "train@m1", "verify", "visualize"]
+    outputs.append(cached_outputs(repo))
     assert set(outputs[0]) == {"data/raw", "data/processed/train", "data/processed/test", "models/members/m0.pt",
                                "models/members/m1.pt", "models/ensemble.pt"}
     changed = {path: (md5, outputs[1][path]) for path, md5 in outputs[0].items() if outputs[1][path] != md5}
@@ -312,6 +314,118 @@ def test_a_teammate_pulls_results_and_the_run_cache_instead_of_retraining(repo, 
     assert cached_outputs(teammate) == cached_outputs(repo)
 
 
+@pytest.fixture(scope="module")
+def team_server(postgres, s3_remote) -> str:
+    """One MLflow server for the team: runs in PostgreSQL, artifacts proxied to the S3 bucket 'team-mlflow'."""
+    from stages import mlflow_server
+
+    create_bucket(s3_remote, "team-mlflow")
+    with mlflow_server.local_server(postgres, artifacts_destination="s3://team-mlflow/artifacts",
+                                    env={**S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_remote}) as base:
+        yield base
+
+
+def postgres_rows(postgres: str, query: str, *args) -> list[tuple]:
+    import psycopg
+
+    with psycopg.connect(host=postgres.split("host=")[1], dbname="mlflow", user="postgres") as connection:
+        return connection.execute(query, args).fetchall()
+
+
+def wait_for_queue(repo: Path, timeout_s: float = 400) -> str:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = sh(repo, "dvc", "queue", "status")
+        if ("Queued" not in status and "Running" not in status) or time.monotonic() > deadline:
+            return status
+        time.sleep(2)
+
+
+def test_a_team_shares_one_mlflow_server_on_postgresql_and_one_remote(repo, s3_remote, team_server, postgres,
+                                                                      tmp_path):
+    # MLflow clients hold no S3 keys: the server proxies artifacts. DVC's push and pull use them.
+    tracked = {"MLFLOW_TRACKING_URI": team_server, **{key: None for key in S3_CREDENTIALS}}
+    client = mlflow.MlflowClient(team_server)
+    # Clone A runs the whole CI profile against the team server, then pushes. Forced: the stages whose outputs are
+    # all in git (metrics, plots) would otherwise be skipped, with no run in this server to point at.
+    clone_a = tmp_path / "a"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone_a)], check=True)
+    stages = ran(sh(clone_a, "dvc", "repro", "-f", env=tracked))
+    assert sorted(stages) == ["baselines", "download", "ensemble", "evaluate", "preprocess", "train@m0", "train@m1",
+                              "verify", "visualize"]
+    assert cached_outputs(clone_a) == cached_outputs(repo)  # the tracking store does not shape a single byte
+    sh(clone_a, "git", "add", "-A")
+    sh(clone_a, "git", "-c", "user.name=a", "-c", "user.email=a@t", "commit", "-qm", "results", "--allow-empty")
+    sh(clone_a, "python", "-m", "stages.share", "push")
+    experiment = client.get_experiment_by_name("fashion-mnist")
+    (pipeline_a,) = client.search_runs([experiment.experiment_id], "tags.stage = 'pipeline'")
+    made_by_a = {r.info.run_name: r for r in client.search_runs(
+        [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{pipeline_a.info.run_id}'")}
+    assert sorted(made_by_a) == sorted(stages)
+    assert {r.info.status for r in made_by_a.values()} == {"FINISHED"} and pipeline_a.info.status == "FINISHED"
+    assert {k: v.split()[0] for k, v in pipeline_a.data.tags.items() if k.startswith("lineage.")} == {
+        "lineage.download": "ran", "lineage.verify": "ran", "lineage.preprocess": "ran", "lineage.train/m0": "ran",
+        "lineage.train/m1": "ran", "lineage.ensemble": "ran", "lineage.evaluate": "ran", "lineage.baselines": "ran",
+        "lineage.visualize": "ran"}
+    stored = dict(postgres_rows(postgres, "select r.run_uuid, r.status from runs r join experiments e on "
+                                          "r.experiment_id = e.experiment_id where e.name = 'fashion-mnist'"))
+    assert {r.info.run_id for r in made_by_a.values()} | {pipeline_a.info.run_id} <= set(stored)  # in PostgreSQL
+    import boto3
+
+    bucket = boto3.client("s3", endpoint_url=s3_remote, region_name="us-east-1").list_objects_v2(
+        Bucket="team-mlflow")
+    keys = [o["Key"] for o in bucket.get("Contents", [])]
+    evaluate_id = made_by_a["evaluate"].info.run_id
+    assert any(evaluate_id in k and k.endswith("evaluation/confusion_matrix.png") for k in keys), keys[:20]
+    assert sum(k.endswith("/MLmodel") for k in keys) == 3, keys  # two members and the ensemble (logged models)
+
+    # Clone B, fresh: pulls instead of training, then sweeps two experiments at once into the same server.
+    clone_b = tmp_path / "b"
+    subprocess.run(["git", "clone", "-q", str(clone_a), str(clone_b)], check=True)
+    sh(clone_b, "python", "-m", "stages.share", "pull")
+    assert ran(sh(clone_b, "dvc", "repro", env=tracked)) == []
+    for mistakes in (16, 25):
+        sh(clone_b, "dvc", "exp", "run", "--queue", "-n", f"mistakes-{mistakes}", "-S", f"evaluate.mistakes={mistakes}")
+    sh(clone_b, "dvc", "queue", "start", "-j", "2", env=tracked)
+    status = wait_for_queue(clone_b)
+    assert status.count("Success") == 2, status
+    swept = {r.data.tags["dvc_exp_name"]: r for r in client.search_runs(
+        [experiment.experiment_id], "tags.stage = 'pipeline' and tags.dvc_exp_name LIKE 'mistakes-%'")}
+    assert sorted(swept) == ["mistakes-16", "mistakes-25"]  # no run lost to the concurrency
+    for pipeline in swept.values():
+        children = client.search_runs([experiment.experiment_id],
+                                      f"tags.`mlflow.parentRunId` = '{pipeline.info.run_id}'")
+        assert [(r.info.run_name, r.info.status) for r in children] == [("evaluate", "FINISHED")]
+        assert pipeline.info.status == "FINISHED"
+        # B's rows point what it reused at the runs A made, in the shared server
+        for stage in ("download", "verify", "preprocess", "train@m0", "train@m1", "ensemble", "baselines"):
+            key = "lineage." + stage.replace("@", "/")
+            assert pipeline.data.tags[key] == f"cached {made_by_a[stage].info.run_id}", key
+        assert pipeline.data.metrics["evaluate/ensemble_accuracy"] == pytest.approx(
+            pipeline_a.data.metrics["evaluate/ensemble_accuracy"])
+    counts = {table: postgres_rows(postgres, f"select count(*) from {table} t join runs r on t.run_uuid = r.run_uuid "
+                                             "join experiments e on r.experiment_id = e.experiment_id "
+                                             "where e.name = 'fashion-mnist'")[0][0]
+              for table in ("runs", "params", "metrics", "latest_metrics", "tags")}
+    print(f"team server, PostgreSQL rows for experiment fashion-mnist after clone A's pipeline and B's sweep: {counts}")
+    assert counts["runs"] == len(client.search_runs([experiment.experiment_id], max_results=1000))
+    assert postgres_rows(postgres, "select count(*) from runs where status != 'FINISHED' and experiment_id = %s",
+                         int(experiment.experiment_id)) == [(0,)]
+
+    # The champion, served from the team server by MLflow's own CLI, without S3 keys: it agrees with evaluate.
+    import numpy as np
+
+    images = np.load(clone_b / "data/processed/test/images.npy")[:5]
+    (tmp_path / "input.json").write_text(json.dumps({"inputs": images.tolist()}))
+    served = sh(clone_b, "mlflow", "models", "predict", "-m", "models:/fashion-mnist-ensemble@champion",
+                "-i", str(tmp_path / "input.json"), "-t", "json", "--env-manager", "local", env=tracked)
+    classes = [row["class"] for row in json.loads(served[served.index("{"):served.rindex("}") + 1])["predictions"]]
+    rows = (clone_b / "metrics/evaluate/predictions.csv").read_text().splitlines()[1:6]  # actual,predicted
+    expected = [line.split(",")[1] for line in rows]
+    assert classes == expected
+    assert len(client.search_model_versions("name = 'fashion-mnist-ensemble'")) == 3  # A's and the sweep's two
+
+
 @pytest.mark.fault
 def test_a_remote_that_is_down_or_refuses_fails_naming_it_and_changes_nothing(repo, s3_remote, tmp_path):
     teammate = tmp_path / "teammate"
@@ -321,8 +435,12 @@ def test_a_remote_that_is_down_or_refuses_fails_naming_it_and_changes_nothing(re
     down = sh(teammate, "python", "-m", "stages.share", "pull", check=False)
     assert "pull from DVC remote s3://team/dvc (endpoint http://127.0.0.1:9) failed" in down
     assert "To fix: start the server" in down and "Traceback" not in down
-    sh(teammate, "dvc", "remote", "modify", "--local", "team", "url", "s3://no-such-bucket/dvc")
     sh(teammate, "dvc", "remote", "modify", "--local", "team", "endpointurl", s3_remote)
+    with s3_checking_keys(s3_remote):
+        denied = sh(teammate, "python", "-m", "stages.share", "pull", check=False)
+    assert "pull from DVC remote s3://team/dvc" in denied and "Forbidden" in denied, denied
+    assert "To fix: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in denied and "Traceback" not in denied
+    sh(teammate, "dvc", "remote", "modify", "--local", "team", "url", "s3://no-such-bucket/dvc")
     missing = sh(teammate, "python", "-m", "stages.share", "pull", check=False)
     assert "pull from DVC remote s3://no-such-bucket/dvc" in missing and "To fix:" in missing, missing
     sh(teammate, "dvc", "remote", "modify", "--local", "team", "url", "s3://team/nothing-pushed-here")
