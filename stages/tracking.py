@@ -35,6 +35,8 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_R
 # Once a stage's run has started, the server did answer: an outage now is most likely a restart, worth
 # waiting out (back-off 0+2+4+8+16+32 s, about a minute) rather than losing minutes of training.
 HTTP_MID_RUN = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+# The defaults an earlier stage run in this process exported: not a user's choice for the next one.
+_SET_BY_US: dict[str, str] = {}
 
 
 class TrackingError(StageError):
@@ -270,9 +272,11 @@ def _store_lock(uri: str) -> Iterator[None]:
 def stage_run(stage: str, params: Mapping[str, Any], experiment: str) -> Iterator[StageRun]:
     """One MLflow run for one stage execution, a child of its pipeline's parent run: params flattened, tags set,
     FAILED if the stage raises; at the end, the parent's lineage and metrics are brought up to date."""
-    chosen_by_user = {key for key in (*HTTP_DEFAULTS, *HTTP_MID_RUN) if key in os.environ}
+    chosen_by_user = {key for key in (*HTTP_DEFAULTS, *HTTP_MID_RUN)
+                      if key in os.environ and os.environ[key] != _SET_BY_US.get(key)}
     for key, value in HTTP_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+        if key not in os.environ:
+            os.environ[key] = _SET_BY_US[key] = value
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment
