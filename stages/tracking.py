@@ -35,8 +35,6 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_R
 # Once a stage's run has started, the server did answer: an outage now is most likely a restart, worth
 # waiting out (back-off 0+2+4+8+16+32 s, about a minute) rather than losing minutes of training.
 HTTP_MID_RUN = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
-# The defaults an earlier stage run in this process exported: not a user's choice for the next one.
-_SET_BY_US: dict[str, str] = {}
 
 
 class TrackingError(StageError):
@@ -69,13 +67,15 @@ def _unwind_on_sigterm() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _ride_out_restarts(chosen_by_user: set[str]) -> Iterator[None]:
-    changed = {key: os.environ.get(key) for key in HTTP_MID_RUN if key not in chosen_by_user}
-    os.environ.update({key: HTTP_MID_RUN[key] for key in changed})
+def _environment(values: Mapping[str, str], keep: set[str]) -> Iterator[None]:
+    """`values` in os.environ (where MLflow reads its HTTP settings) for the block, except the keys in `keep`, the
+    user's own settings; what was there before comes back afterwards, so nothing leaks into a later stage run."""
+    before = {key: os.environ.get(key) for key in values if key not in keep}
+    os.environ.update({key: values[key] for key in before})
     try:
         yield
     finally:
-        for key, value in changed.items():
+        for key, value in before.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
@@ -272,11 +272,13 @@ def _store_lock(uri: str) -> Iterator[None]:
 def stage_run(stage: str, params: Mapping[str, Any], experiment: str) -> Iterator[StageRun]:
     """One MLflow run for one stage execution, a child of its pipeline's parent run: params flattened, tags set,
     FAILED if the stage raises; at the end, the parent's lineage and metrics are brought up to date."""
-    chosen_by_user = {key for key in (*HTTP_DEFAULTS, *HTTP_MID_RUN)
-                      if key in os.environ and os.environ[key] != _SET_BY_US.get(key)}
-    for key, value in HTTP_DEFAULTS.items():
-        if key not in os.environ:
-            os.environ[key] = _SET_BY_US[key] = value
+    chosen_by_user = {key for key in (*HTTP_DEFAULTS, *HTTP_MID_RUN) if key in os.environ}
+    with _environment(HTTP_DEFAULTS, keep=chosen_by_user):
+        yield from _tracked(stage, params, experiment, chosen_by_user)
+
+
+def _tracked(stage: str, params: Mapping[str, Any], experiment: str, chosen_by_user: set[str]) -> Iterator[StageRun]:
+    """stage_run's body, under the fail-fast HTTP defaults."""
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment
@@ -297,17 +299,18 @@ def stage_run(stage: str, params: Mapping[str, Any], experiment: str) -> Iterato
     status = "FAILED"
     produced: dict[str, str] = {}
     try:
-        with _unwind_on_sigterm(), _ride_out_restarts(chosen_by_user), run:
-            mlflow.log_params(flatten(params))
-            log.info("MLflow run %s (%s) in %s", run.info.run_id, stage, uri)
-            yield StageRun(run.info.run_id)
-            # The md5s dvc.lock will record for this stage's outputs: how a later pipeline that skips this
-            # stage finds this run as the producer of what it reuses.
-            produced = lineage.output_hashes(lineage.stage_outputs(stage))
-            mlflow.set_tag("dvc_outs", " ".join(f"{path}={md5}" for path, md5 in produced.items()))
-            status = "FINISHED"
-        with _store_lock(uri), _ride_out_restarts(chosen_by_user):
-            lineage.update_pipeline(client, experiment_id, parent_id, stage, run.info.run_id, produced, status)
+        with _environment(HTTP_MID_RUN, keep=chosen_by_user):
+            with _unwind_on_sigterm(), run:
+                mlflow.log_params(flatten(params))
+                log.info("MLflow run %s (%s) in %s", run.info.run_id, stage, uri)
+                yield StageRun(run.info.run_id)
+                # The md5s dvc.lock will record for this stage's outputs: how a later pipeline that skips this
+                # stage finds this run as the producer of what it reuses.
+                produced = lineage.output_hashes(lineage.stage_outputs(stage))
+                mlflow.set_tag("dvc_outs", " ".join(f"{path}={md5}" for path, md5 in produced.items()))
+                status = "FINISHED"
+            with _store_lock(uri):
+                lineage.update_pipeline(client, experiment_id, parent_id, stage, run.info.run_id, produced, status)
     except BaseException as exc:
         if status == "FAILED":  # record the failure in the pipeline row, if the store allows it
             with contextlib.suppress(Exception), _store_lock(uri):

@@ -140,6 +140,7 @@ def test_unreachable_server_fails_fast_naming_the_uri(monkeypatch):
         with tracking.stage_run("verify", {}, experiment="tiny"):
             pass
     assert time.monotonic() - started < 30
+    assert not set(tracking.HTTP_DEFAULTS) & set(os.environ)  # scoped to the run: a later one sees no user setting
 
 
 def test_the_ensemble_is_logged_as_code_and_loads_without_unpickling(monkeypatch, tmp_path):
