@@ -126,12 +126,20 @@ S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "team-key", "AWS_SECRET_ACCESS_KEY": "tea
                   "AWS_DEFAULT_REGION": "us-east-1"}  # moto's; in real use from the environment, never from git
 
 
-def create_bucket(endpoint: str, name: str) -> None:
+def s3_client(endpoint: str):
+    """A boto3 S3 client for the test server, with the team's credentials."""
     import boto3
 
-    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                 aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-                 region_name="us-east-1").create_bucket(Bucket=name)
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+
+
+def create_bucket(endpoint: str, name: str) -> None:
+    s3_client(endpoint).create_bucket(Bucket=name)
+
+
+def bucket_keys(endpoint: str, bucket: str) -> list[str]:
+    return [o["Key"] for o in s3_client(endpoint).list_objects_v2(Bucket=bucket).get("Contents", [])]
 
 
 @contextlib.contextmanager
@@ -158,6 +166,14 @@ def _postgres_bindir() -> Path | None:
         return found[-1].parent
     initdb = shutil.which("initdb")
     return Path(initdb).parent if initdb else None
+
+
+def postgres_rows(postgres_uri: str, query: str, *args) -> list[tuple]:
+    """Rows straight from the `postgres` fixture's database, whether or not an MLflow server on it is up."""
+    import psycopg
+
+    with psycopg.connect(host=postgres_uri.split("host=")[1], dbname="mlflow", user="postgres") as connection:
+        return connection.execute(query, args).fetchall()
 
 
 @pytest.fixture(scope="session")

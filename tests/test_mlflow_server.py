@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from stages import mlflow_server, tracking
+from tests.conftest import S3_CREDENTIALS, bucket_keys, create_bucket, postgres_rows
 
 
 def get(url: str) -> dict:
@@ -64,9 +65,6 @@ def test_server_listens_on_loopback_only(server):
 def test_a_team_server_keeps_runs_in_postgresql_and_artifacts_in_s3_behind_its_proxy(
         postgres, s3_endpoint, tmp_path, monkeypatch):
     import mlflow
-    import psycopg
-
-    from tests.conftest import S3_CREDENTIALS, create_bucket
 
     create_bucket(s3_endpoint, "mlflow")
     server_env = {**S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
@@ -80,30 +78,13 @@ def test_a_team_server_keeps_runs_in_postgresql_and_artifacts_in_s3_behind_its_p
             run.log_metrics({"train_count": 60000})
             run.log_text("checked", "notes/verify.txt")
         assert mlflow.artifacts.load_text(f"runs:/{run.run_id}/notes/verify.txt") == "checked"  # via the proxy
-    with psycopg.connect(host=postgres.split("host=")[1], dbname="mlflow", user="postgres") as connection:
-        cursor = connection.cursor()
-        cursor.execute("select r.name, r.status from runs r join experiments e on r.experiment_id = e.experiment_id "
-                       "where e.name = 'team' order by r.start_time")
-        stored = cursor.fetchall()
-        cursor.execute("select key, value from metrics where run_uuid = %s", (run.run_id,))
-        metrics = dict(cursor.fetchall())
+    stored = postgres_rows(postgres, "select r.name, r.status from runs r join experiments e on "
+                                     "r.experiment_id = e.experiment_id where e.name = 'team' order by r.start_time")
+    metrics = dict(postgres_rows(postgres, "select key, value from metrics where run_uuid = %s", run.run_id))
     assert stored == [("pipeline", "FINISHED"), ("verify", "FINISHED")]
     assert metrics == {"train_count": 60000.0}
-    import boto3
-
-    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
-                                           aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                                           aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-                                           ).list_objects_v2(Bucket="mlflow")["Contents"]]
+    keys = bucket_keys(s3_endpoint, "mlflow")
     assert any(key.endswith(f"{run.run_id}/artifacts/notes/verify.txt") for key in keys), keys
-
-
-def postgres_rows(postgres: str, query: str, *args) -> list[tuple]:
-    """Rows straight from the server's PostgreSQL, whether or not the server is up."""
-    import psycopg
-
-    with psycopg.connect(host=postgres.split("host=")[1], dbname="mlflow", user="postgres") as connection:
-        return connection.execute(query, args).fetchall()
 
 
 def test_a_server_restart_mid_stage_is_waited_out_and_loses_nothing(postgres, tmp_path, monkeypatch):

@@ -9,7 +9,8 @@ import mlflow
 import pytest
 import yaml
 
-from tests.conftest import ROOT, S3_CREDENTIALS, create_bucket, real_params, s3_checking_keys, subprocess_env
+from tests.conftest import (ROOT, S3_CREDENTIALS, bucket_keys, create_bucket, postgres_rows, real_params,
+                            s3_checking_keys, subprocess_env)
 
 pytestmark = pytest.mark.e2e
 
@@ -129,17 +130,22 @@ def test_bad_param_fails_before_any_work(repo):
     assert "Traceback" not in output
 
 
+def wait_for_queue(repo: Path, timeout_s: float = 400) -> str:
+    """`dvc queue status` once nothing is queued or running (or at the deadline)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = sh(repo, "dvc", "queue", "status")
+        if ("Queued" not in status and "Running" not in status) or time.monotonic() > deadline:
+            return status
+        time.sleep(2)
+
+
 def test_queued_sweep_runs_two_at_once_into_the_root_store(repo):
     for subset in (2000, 4000):
         sh(repo, "dvc", "exp", "run", "--queue", "-n", f"subset-{subset}", "-S", f"preprocess.train_subset={subset}",
            "preprocess")
     sh(repo, "dvc", "queue", "start", "-j", "2")
-    deadline = time.monotonic() + 400
-    while time.monotonic() < deadline:
-        status = sh(repo, "dvc", "queue", "status")
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(2)
+    status = wait_for_queue(repo)
     assert status.count("Success") == 2, status
     head = sh(repo, "git", "rev-parse", "HEAD").strip()
     shown = json.loads(sh(repo, "dvc", "exp", "show", "--json"))
@@ -325,22 +331,6 @@ def team_server(postgres, s3_remote) -> str:
         yield base
 
 
-def postgres_rows(postgres: str, query: str, *args) -> list[tuple]:
-    import psycopg
-
-    with psycopg.connect(host=postgres.split("host=")[1], dbname="mlflow", user="postgres") as connection:
-        return connection.execute(query, args).fetchall()
-
-
-def wait_for_queue(repo: Path, timeout_s: float = 400) -> str:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        status = sh(repo, "dvc", "queue", "status")
-        if ("Queued" not in status and "Running" not in status) or time.monotonic() > deadline:
-            return status
-        time.sleep(2)
-
-
 def test_a_team_shares_one_mlflow_server_on_postgresql_and_one_remote(repo, s3_remote, team_server, postgres,
                                                                       tmp_path):
     # MLflow clients hold no S3 keys: the server proxies artifacts. DVC's push and pull use them.
@@ -370,11 +360,7 @@ def test_a_team_shares_one_mlflow_server_on_postgresql_and_one_remote(repo, s3_r
     stored = dict(postgres_rows(postgres, "select r.run_uuid, r.status from runs r join experiments e on "
                                           "r.experiment_id = e.experiment_id where e.name = 'fashion-mnist'"))
     assert {r.info.run_id for r in made_by_a.values()} | {pipeline_a.info.run_id} <= set(stored)  # in PostgreSQL
-    import boto3
-
-    bucket = boto3.client("s3", endpoint_url=s3_remote, region_name="us-east-1").list_objects_v2(
-        Bucket="team-mlflow")
-    keys = [o["Key"] for o in bucket.get("Contents", [])]
+    keys = bucket_keys(s3_remote, "team-mlflow")
     evaluate_id = made_by_a["evaluate"].info.run_id
     assert any(evaluate_id in k and k.endswith("evaluation/confusion_matrix.png") for k in keys), keys[:20]
     assert sum(k.endswith("/MLmodel") for k in keys) == 3, keys  # two members and the ensemble (logged models)
