@@ -5,9 +5,9 @@ train.processes (DDP under torchrun: stages/distributed.py), with the same outpu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import logging
-import contextlib
 import math
 import os
 import sys
@@ -183,7 +183,7 @@ def fit(
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total, cfg)
             index = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            x, y = augment(norm(fit_data.x[index]), cfg.augment, gen), fit_data.y[index]
+            x, y = augment(fit_data.x[index], cfg.augment, gen, norm), fit_data.y[index]
             x, y = x[mine], y[mine]  # the whole batch is augmented so that the generator stays in step everywhere
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -35,19 +35,33 @@ def test_unknown_net_lists_the_choices():
 
 
 def batch():
-    return torch.arange(4 * 28 * 28, dtype=torch.float32).reshape(4, 1, 28, 28)
+    return (torch.arange(4 * 28 * 28) % 256).to(torch.uint8).reshape(4, 1, 28, 28)
 
 
-def test_augmentations_off_leave_the_batch_unchanged():
+NORMALIZE = nets.Normalizer(torch.tensor(0.3), torch.tensor(0.4), channels_last=False)
+
+
+def test_augmentations_off_only_normalize_the_batch():
     gen = torch.Generator().manual_seed(0)
-    assert torch.equal(augment.augment(batch(), Augment(flip=False, translate=0, erasing=0.0), gen), batch())
+    out = augment.augment(batch(), Augment(flip=False, translate=0, erasing=0.0), gen, NORMALIZE)
+    assert torch.equal(out, NORMALIZE(batch()))
 
 
 def test_augmentation_is_reproducible_from_the_generator():
     cfg = Augment(flip=True, translate=2, erasing=0.5)
-    first = augment.augment(batch(), cfg, torch.Generator().manual_seed(1))
-    second = augment.augment(batch(), cfg, torch.Generator().manual_seed(1))
-    assert torch.equal(first, second) and first.shape == batch().shape
+    first = augment.augment(batch(), cfg, torch.Generator().manual_seed(1), NORMALIZE)
+    second = augment.augment(batch(), cfg, torch.Generator().manual_seed(1), NORMALIZE)
+    assert torch.equal(first, second) and first.shape == batch().shape and first.dtype == torch.float32
+
+
+def test_a_shift_uncovers_background_not_the_mean():
+    # An all-white batch: after a shift, every pixel is either white or the black background a real image has
+    # at its edge; normalizing first would have uncovered 0, the mean's grey.
+    white = torch.full((64, 1, 28, 28), 255, dtype=torch.uint8)
+    out = augment.augment(white, Augment(flip=False, translate=1, erasing=0.0), torch.Generator().manual_seed(0),
+                          NORMALIZE)
+    background, foreground = (NORMALIZE(torch.tensor(v, dtype=torch.uint8)).item() for v in (0, 255))
+    assert set(out.unique().tolist()) == {background, foreground}
 
 
 def test_flip_mirrors_or_keeps_each_image():
