@@ -298,6 +298,11 @@ def _tracked(stage: str, params: Mapping[str, Any], experiment: str, chosen_by_u
         ) from None
     status = "FAILED"
     produced: dict[str, str] = {}
+
+    def record_in_pipeline() -> None:
+        with _store_lock(uri):
+            lineage.update_pipeline(client, experiment_id, parent_id, stage, run.info.run_id, produced, status)
+
     try:
         with _environment(HTTP_MID_RUN, keep=chosen_by_user):
             with _unwind_on_sigterm(), run:
@@ -309,12 +314,11 @@ def _tracked(stage: str, params: Mapping[str, Any], experiment: str, chosen_by_u
                 produced = lineage.output_hashes(lineage.stage_outputs(stage))
                 mlflow.set_tag("dvc_outs", " ".join(f"{path}={md5}" for path, md5 in produced.items()))
                 status = "FINISHED"
-            with _store_lock(uri):
-                lineage.update_pipeline(client, experiment_id, parent_id, stage, run.info.run_id, produced, status)
+            record_in_pipeline()
     except BaseException as exc:
         if status == "FAILED":  # record the failure in the pipeline row, if the store allows it
-            with contextlib.suppress(Exception), _store_lock(uri):
-                lineage.update_pipeline(client, experiment_id, parent_id, stage, run.info.run_id, produced, status)
+            with contextlib.suppress(Exception):
+                record_in_pipeline()
         if isinstance(exc, (MlflowException, requests.RequestException)):
             raise TrackingError(
                 f"MLflow tracking store {uri} failed during stage {stage} (run {run.info.run_id}): {exc}\n"
