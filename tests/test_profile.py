@@ -28,6 +28,15 @@ def test_the_gpu_profile_yields_valid_params_for_a_wide_resnet_on_cuda():
     assert list(params.members) == list(real_params()["members"])  # the ensemble stays as it is
 
 
+def test_the_cpu_long_profile_doubles_the_epochs_and_changes_nothing_else():
+    profile = yaml.safe_load((ROOT / "profiles" / "cpu-long.yaml").read_text())
+    default = parse_params(real_params())
+    params = parse_params(apply_profile(real_params(), profile, "profiles/cpu-long.yaml"))
+    assert params.train.epochs == 2 * default.train.epochs
+    assert params.train.model_copy(update={"epochs": default.train.epochs}) == default.train
+    assert params.model_copy(update={"train": default.train}) == default
+
+
 @pytest.mark.fault
 def test_a_profile_with_a_typo_fails_naming_the_key():
     with pytest.raises(ParamsError, match=r"params.yaml with p.yaml: 1 invalid.*\n  train.epoch: unknown key"):
