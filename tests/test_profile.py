@@ -1,10 +1,15 @@
 """Params profiles: an override file laid over params.yaml, validated before it is written."""
 import pytest
-import yaml
 
-from stages.config import ParamsError, parse_params
-from stages.profile import apply_profile, merge
+from stages.config import Params, ParamsError, parse_params
+from stages.profile import apply_profile, merge, read_yaml
 from tests.conftest import ROOT, real_params
+
+
+def committed_profile_applied(name: str) -> Params:
+    """params.yaml with profiles/<name> laid over it, as `python -m stages.profile` would write it."""
+    source = f"profiles/{name}"
+    return parse_params(apply_profile(real_params(), read_yaml(ROOT / source), source))
 
 
 def test_mappings_merge_and_listed_sections_are_replaced():
@@ -15,23 +20,20 @@ def test_mappings_merge_and_listed_sections_are_replaced():
 
 
 def test_the_ci_profile_yields_valid_small_params():
-    profile = yaml.safe_load((ROOT / "profiles" / "ci.yaml").read_text())
-    params = parse_params(apply_profile(real_params(), profile, "profiles/ci.yaml"))
+    params = committed_profile_applied("ci.yaml")
     assert params.preprocess.train_subset == 3000 and params.train.epochs == 2
     assert list(params.members) == ["m0", "m1"] and params.train.lr == real_params()["train"]["lr"]
 
 
 def test_the_gpu_profile_yields_valid_params_for_a_wide_resnet_on_cuda():
-    profile = yaml.safe_load((ROOT / "profiles" / "gpu.yaml").read_text())
-    params = parse_params(apply_profile(real_params(), profile, "profiles/gpu.yaml"))
+    params = committed_profile_applied("gpu.yaml")
     assert params.train.net == "wrn" and params.train.device == "cuda" and params.train.compile
     assert list(params.members) == list(real_params()["members"])  # the ensemble stays as it is
 
 
 def test_the_cpu_long_profile_doubles_the_epochs_and_changes_nothing_else():
-    profile = yaml.safe_load((ROOT / "profiles" / "cpu-long.yaml").read_text())
     default = parse_params(real_params())
-    params = parse_params(apply_profile(real_params(), profile, "profiles/cpu-long.yaml"))
+    params = committed_profile_applied("cpu-long.yaml")
     assert params.train.epochs == 2 * default.train.epochs
     assert params.train.model_copy(update={"epochs": default.train.epochs}) == default.train
     assert params.model_copy(update={"train": default.train}) == default
