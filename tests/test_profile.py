@@ -36,7 +36,6 @@ def test_the_cpu_long_profile_is_the_measured_recipe_five_members_of_44_epochs_a
     params = committed_profile_applied("cpu-long.yaml")
     assert params.train.epochs == 44
     assert {name: (m.seed, m.split) for name, m in params.members.items()} == {f"m{i}": (i, i) for i in range(5)}
-    assert params.preprocess.n_splits >= len(params.members)
     assert params.train.model_copy(update={"epochs": default.train.epochs}) == default.train
     assert params.model_copy(update={"train": default.train, "members": default.members}) == default
 
