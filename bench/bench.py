@@ -14,7 +14,6 @@ import argparse
 import logging
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,12 +24,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from stages import nets
-from stages.config import load_params
-from stages.device import autocast, pick_device, set_threads
-from stages.nets import Normalizer
-from stages.train import Images, evaluate, fit, load_member_data
+from fmnist.device import autocast, pick_device, set_threads
+from fmnist.model import nets
+from fmnist.model.nets import Normalizer
+from fmnist.params import load_params
+from fmnist.training.loop import Images, evaluate, fit, load_member_data
 
 TARGETS = (0.92, 0.93, 0.94)
 

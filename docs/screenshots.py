@@ -1,10 +1,11 @@
 """Screenshot the MLflow UI for the README: the experiment page (pipeline rows, accuracy columns) and the chart
 view comparing two pipeline rows, with ensemble and member accuracy as the charted metrics.
 
-    python docs/screenshots.py                                   # starts `mlflow server` on ./mlflow.db
-    python docs/screenshots.py --server http://127.0.0.1:5000    # a running (team) server
-    python docs/screenshots.py --store postgresql://...          # starts one on another store
+    python -m docs.screenshots                                   # starts `mlflow server` on ./mlflow.db
+    python -m docs.screenshots --server http://127.0.0.1:5000    # a running (team) server
+    python -m docs.screenshots --store postgresql://...          # starts one on another store
 
+Run from the checkout's root: a server it starts comes from the tests' helper (tests/mlflow_server.py).
 Drives headless Chromium (Debian package `chromium`); a server it starts listens on 127.0.0.1 and is stopped
 afterwards. The view (filter, columns, charts) is an MLflow "shared view": an experiment tag that the UI reads from
 the page's `viewStateShareKey`, the same thing the UI's Share button writes.
@@ -25,10 +26,10 @@ from pathlib import Path
 
 import mlflow
 
+from fmnist.tracking.store import EXPERIMENT_TAGS
+from tests import mlflow_server
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # a script run from the checkout, like bench/bench.py
-from stages import mlflow_server
-from stages.tracking import EXPERIMENT_TAGS
 
 SHARED_VIEW_TAG = "mlflow.sharedViewState."  # the prefix MLflow's UI reads shared views from
 # What people compare: the ensemble against its members, and the calibration that temperature scaling buys.

@@ -1,136 +1,21 @@
-"""baselines: scikit-learn classifiers on the flattened pixels scaled to [0, 1], configured as the official
+"""baselines stage: scikit-learn classifiers on the flattened pixels scaled to [0, 1], configured as the official
 Fashion-MNIST benchmark does (classifier + parameter grid), trained on the whole training set and scored on the
-test set; each configuration is one MLflow run, compared with the benchmark's published accuracy.
-"""
+test set; each configuration is one MLflow run, compared with the benchmark's published accuracy."""
 from __future__ import annotations
 
 import argparse
-import importlib
-import itertools
 import logging
-import time
-import warnings
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import pandas as pd
-import yaml
+from fmnist.data.arrays import load_images
+from fmnist.evaluation.baselines import (build, expand, features, label, load_reference, markdown,
+                                         run_configuration, summarize)
+from fmnist.files import atomic_path, write_json
+from fmnist.params import load_params
+from fmnist.runner import run_main
+from fmnist.tracking.run import stage_run
 
-from stages import tracking
-from stages.common import StageError, atomic_path, run_main, write_json
-from stages.config import SKLEARN_CLASSIFIERS, Classifier, load_params
-
-log = logging.getLogger("stages.baselines")
-
-
-def expand(entries: list[Classifier]) -> list[tuple[str, dict[str, Any]]]:
-    """Every (classifier, params) combination of every grid, in order."""
-    configurations = []
-    for entry in entries:
-        keys = list(entry.grid)
-        for values in itertools.product(*(entry.grid[k] for k in keys)):
-            configurations.append((entry.classifier, dict(zip(keys, values))))
-    return configurations
-
-
-def label(classifier: str, params: dict[str, Any]) -> str:
-    """'SVC C=10 kernel=rbf': the benchmark's way of naming a configuration."""
-    return " ".join([classifier, *(f"{k}={_value(v)}" for k, v in sorted(params.items()))])
-
-
-def _value(value: Any) -> str:
-    return "[" + ",".join(map(str, value)) + "]" if isinstance(value, (list, tuple)) else str(value)
-
-
-def build(classifier: str, params: dict[str, Any], seed: int) -> Any:
-    """The estimator; seeded where it has randomness; a bad parameter names the configuration."""
-    if classifier == "LogisticRegression" and params.get("multi_class") == "ovr":
-        # scikit-learn 1.8 removed multi_class; the benchmark's one-vs-rest liblinear fit (the 2017 default) is
-        # rebuilt around it, so the published configuration runs as published and keeps its published name.
-        from sklearn.multiclass import OneVsRestClassifier
-
-        inner = {"solver": "liblinear", **{k: v for k, v in params.items() if k != "multi_class"}}
-        return OneVsRestClassifier(build(classifier, inner, seed), n_jobs=-1)
-    cls = getattr(importlib.import_module(SKLEARN_CLASSIFIERS[classifier]), classifier)
-    params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # PassiveAggressiveClassifier: deprecated, kept as published
-        accepted = cls().get_params()
-        unknown = set(params) - set(accepted)
-        if unknown:
-            raise StageError(f"baselines: {label(classifier, params)}: {classifier} has no parameter(s) "
-                             f"{', '.join(sorted(unknown))}; it takes {', '.join(sorted(accepted))}")
-        # Seeded where there is randomness; every core where it can use them (not a result-changing setting).
-        extra = {k: v for k, v in (("random_state", seed), ("n_jobs", -1)) if k in accepted and k not in params}
-        return cls(**params, **extra)
-
-
-def fit_and_score(estimator: Any, name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                  y_test: np.ndarray) -> dict[str, float]:
-    """Test accuracy and wall-clock seconds of fit and predict."""
-    started = time.perf_counter()
-    try:
-        with warnings.catch_warnings():
-            # Convergence warnings are the benchmark's settings at work; the accuracy says what they cost.
-            warnings.simplefilter("ignore")
-            estimator.fit(x_train, y_train)
-    except (ValueError, TypeError) as exc:
-        raise StageError(f"baselines: {name}: scikit-learn rejected the configuration: {exc}") from None
-    fitted = time.perf_counter()
-    predicted = estimator.predict(x_test)
-    return {"accuracy": float(np.mean(predicted == y_test)), "fit_seconds": fitted - started,
-            "predict_seconds": time.perf_counter() - fitted}
-
-
-def features(images: np.ndarray) -> np.ndarray:
-    """(N, H, W) uint8 -> (N, H*W) float32 in [0, 1], as the official benchmark feeds its classifiers."""
-    return images.reshape(len(images), -1).astype(np.float32) / 255.0
-
-
-def load_reference(path: Path, dataset: str) -> tuple[list[dict], str]:
-    """The published accuracies for `dataset` (a column of the reference file), and where they come from."""
-    try:
-        reference = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise StageError(f"{path}: cannot read the published baselines: {exc}") from None
-    column = reference.get("columns", {}).get(dataset)
-    if column is None:
-        return [], f"no published figures for dataset {dataset!r} in {path}"
-    return ([{"classifier": r["classifier"], "params": r["params"], "accuracy": r[column]}
-             for r in reference["rows"] if r.get(column) is not None], reference["source"])
-
-
-def published(reference: list[dict], classifier: str, params: dict[str, Any]) -> float | None:
-    for row in reference:
-        if row["classifier"] == classifier and row["params"] == params:
-            return row["accuracy"]
-    return None
-
-
-def summarize(results: list[dict]) -> tuple[dict, pd.DataFrame]:
-    """metrics/baselines.json (best, and one entry per configuration) and the comparison table."""
-    table = pd.DataFrame(results)
-    table["difference"] = table["accuracy"] - table["published"]
-    best = table.loc[table["accuracy"].idxmax()]
-    columns = ("accuracy", "accuracy_std", "published", "difference", "fit_seconds", "predict_seconds")
-    configurations = {
-        row["configuration"]: {k: round(float(row[k]), 2 if k.endswith("seconds") else 6)
-                               for k in columns if pd.notna(row[k])}
-        for row in table.to_dict("records")}
-    return {"best_accuracy": round(float(best["accuracy"]), 6), "best": best["configuration"],
-            "configurations": configurations}, table
-
-
-def markdown(table: pd.DataFrame, source: str) -> str:
-    lines = ["| configuration | ours | published | difference | fit s | predict s |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for row in table.itertuples():
-        pub = "—" if pd.isna(row.published) else f"{100 * row.published:.1f}%"
-        diff = "—" if pd.isna(row.difference) else f"{100 * row.difference:+.1f}"
-        lines.append(f"| {row.configuration} | {100 * row.accuracy:.2f}% | {pub} | {diff} | "
-                     f"{row.fit_seconds:.1f} | {row.predict_seconds:.1f} |")
-    return "\n".join(lines) + f"\n\nPublished: {source}\n"
+log = logging.getLogger("fmnist.baselines")
 
 
 def main() -> None:
@@ -143,33 +28,25 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
     cfg = params.baselines
-    x_train, y_train = features(np.load(args.train / "images.npy")), np.load(args.train / "labels.npy")
-    x_test, y_test = features(np.load(args.test / "images.npy")), np.load(args.test / "labels.npy")
+    (x_train, y_train), (x_test, y_test) = ((features(x), y) for x, y in (load_images(args.train),
+                                                                          load_images(args.test)))
     reference, source = load_reference(args.reference, params.dataset.name)
     configurations = expand(cfg.profiles[cfg.profile])
-    for classifier, grid_params in configurations:  # every bad name or parameter before hours of fitting
-        build(classifier, grid_params, cfg.seed)
-    section = {"baselines": {k: v for k, v in cfg.model_dump().items() if k != "profiles"},
-               "configurations": len(configurations)}
+    for classifier, grid in configurations:  # every bad name or parameter before hours of fitting
+        build(classifier, grid, cfg.seed)
     results = []
-    with tracking.stage_run("baselines", section, experiment=params.dataset.name) as run:
+    with stage_run("baselines") as run:
         log.info("%d configurations (%s profile) x %d repeat(s), %d train / %d test images", len(configurations),
                  cfg.profile, cfg.repeats, len(y_train), len(y_test))
-        for i, (classifier, grid_params) in enumerate(configurations, 1):
-            name = label(classifier, grid_params)
-            with run.child(name, {"classifier": classifier, **grid_params}) as child:
-                scores = [fit_and_score(build(classifier, grid_params, cfg.seed + r), name, x_train, y_train,
-                                        x_test, y_test) for r in range(cfg.repeats)]
-                accuracies = [s["accuracy"] for s in scores]
-                result = {"configuration": name, "classifier": classifier, "accuracy": float(np.mean(accuracies)),
-                          "accuracy_std": float(np.std(accuracies, ddof=1)) if len(scores) > 1 else 0.0,
-                          "published": published(reference, classifier, grid_params),
-                          "fit_seconds": float(np.mean([s["fit_seconds"] for s in scores])),
-                          "predict_seconds": float(np.mean([s["predict_seconds"] for s in scores]))}
+        for i, (classifier, grid) in enumerate(configurations, 1):
+            with run.child(label(classifier, grid), {"classifier": classifier, **grid}) as child:
+                result = run_configuration(classifier, grid, cfg.repeats, cfg.seed, reference, x_train, y_train,
+                                           x_test, y_test)
                 child.log_metrics({k: v for k, v in result.items() if isinstance(v, float)})
             results.append(result)
-            log.info("[%d/%d] %s: %.2f%% (published %s), fit %.1f s", i, len(configurations), name,
-                     100 * result["accuracy"], "—" if result["published"] is None else f"{100 * result['published']:.1f}%",
+            log.info("[%d/%d] %s: %.2f%% (published %s), fit %.1f s", i, len(configurations),
+                     result["configuration"], 100 * result["accuracy"],
+                     "—" if result["published"] is None else f"{100 * result['published']:.1f}%",
                      result["fit_seconds"])
         metrics, table = summarize(results)
         write_json(args.metrics, metrics)

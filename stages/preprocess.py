@@ -5,75 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-from sklearn.model_selection import StratifiedShuffleSplit, train_test_split
-
-from stages import idx, tracking
-from stages.common import atomic_dir, run_main, write_json
-from stages.config import Preprocess, load_params
-
-# Per-pixel std is 0 where every training image has the same value (MNIST's borders); dividing by it would
-# turn those pixels into inf/NaN, so std is floored at one grey level.
-MIN_STD = 1 / 255
-
-
-def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """Sorted indices of a class-stratified subset of `size` items (all items when size is 0 or too big)."""
-    if size == 0 or size >= len(labels):
-        return np.arange(len(labels))
-    keep, _ = train_test_split(np.arange(len(labels)), train_size=size, stratify=labels, random_state=seed)
-    return np.sort(keep)
-
-
-def normalization_stats(images: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std on the [0, 1] pixel scale: scalars for none/global, one per pixel for per_pixel."""
-    if mode == "none":
-        return np.float32(0.0), np.float32(1.0)
-    axis = None if mode == "global" else 0
-    mean = images.mean(axis=axis, dtype=np.float64) / 255
-    std = images.std(axis=axis, dtype=np.float64) / 255
-    return mean.astype(np.float32), np.maximum(std, MIN_STD).astype(np.float32)
-
-
-def make_splits(labels: np.ndarray, n_splits: int, val_fraction: float, seed: int) -> np.ndarray:
-    """Boolean (n_splits, N) matrix: True where an image is in split k's validation set. Each split is
-    stratified, so every class keeps its share in train and validation."""
-    splitter = StratifiedShuffleSplit(n_splits=n_splits, test_size=val_fraction, random_state=seed)
-    is_val = np.zeros((n_splits, len(labels)), dtype=bool)
-    for k, (_, val) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
-        is_val[k, val] = True
-    return is_val
-
-
-def preprocess(train_images: np.ndarray, train_labels: np.ndarray, cfg: Preprocess) -> dict[str, np.ndarray]:
-    """The training-side arrays: (subset) images and labels, normalization stats, validation masks."""
-    keep = stratified_subset(train_labels, cfg.train_subset, cfg.seed)
-    images, labels = train_images[keep], train_labels[keep]
-    mean, std = normalization_stats(images, cfg.normalization)
-    is_val = make_splits(labels, cfg.n_splits, cfg.val_fraction, cfg.seed)
-    return {"images": images, "labels": labels, "mean": mean, "std": std, "is_val": is_val}
-
-
-def summarize(train: dict[str, np.ndarray], n_test: int, cfg: Preprocess) -> dict:
-    """Small, flat numbers for metrics/preprocess.json."""
-    val_counts = train["is_val"].sum(axis=1)
-    pixels = train["images"]
-    return {
-        "train_count": len(train["labels"]),
-        "test_count": int(n_test),
-        "n_splits": int(cfg.n_splits),
-        "val_count": int(val_counts.min()),
-        "fit_count": int(len(train["labels"]) - val_counts.max()),
-        "pixel_mean": round(float(pixels.mean(dtype=np.float64) / 255), 6),
-        "pixel_std": round(float(pixels.std(dtype=np.float64) / 255), 6),
-    }
-
-
-def save_arrays(directory: Path, arrays: dict[str, np.ndarray]) -> None:
-    """One .npy per array, the directory replaced atomically."""
-    with atomic_dir(directory) as tmp:
-        for name, array in arrays.items():
-            np.save(tmp / f"{name}.npy", array, allow_pickle=False)
+from fmnist.data import idx
+from fmnist.data.arrays import save_arrays
+from fmnist.data.splits import preprocess, summarize
+from fmnist.files import write_json
+from fmnist.params import load_params
+from fmnist.runner import run_main
+from fmnist.tracking.run import stage_run
 
 
 def main() -> None:
@@ -84,8 +22,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
     files = params.dataset.files
-    section = {"dataset": {"files": files.model_dump()}, "preprocess": params.preprocess.model_dump()}
-    with tracking.stage_run("preprocess", section, experiment=params.dataset.name) as run:
+    with stage_run("preprocess") as run:
         train = preprocess(idx.read(args.raw / files.train_images.name),
                            idx.read(args.raw / files.train_labels.name), params.preprocess)
         test = {"images": idx.read(args.raw / files.test_images.name),

@@ -1,0 +1,4 @@
+"""`python -m fmnist.cli`: the same as the `fmnist` command."""
+from fmnist.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Scores, calibration, pictures, embeddings and the scikit-learn baselines."""

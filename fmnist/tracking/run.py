@@ -1,0 +1,183 @@
+"""A stage's run in MLflow: one run per executed stage, a child of its pipeline's parent run (lineage.py), tagged
+so any number can be traced to code and params. Its params are exactly those dvc.yaml lists for the stage. Stages
+call stage_run() and the few StageRun methods, never mlflow itself."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import requests
+from mlflow.exceptions import MlflowException
+
+from fmnist.params import parse_params
+from fmnist.tracking import lineage, registry
+from fmnist.tracking.store import TrackingError, experiment_id, store_lock, tracking_uri
+
+log = logging.getLogger("fmnist.tracking")
+
+# MLflow's own defaults retry an unreachable server for minutes; a stage should fail fast and say why.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
+# Once a stage's run has started, the server did answer: an outage now is most likely a restart, worth
+# waiting out (back-off 0+2+4+8+16+32 s, about a minute) rather than losing minutes of training.
+HTTP_MID_RUN = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+class Terminated(SystemExit):
+    """SIGTERM as an exception: the stage unwinds, so its MLflow run ends FAILED instead of staying RUNNING.
+    torchrun sends SIGTERM to the other workers when one dies; so do CI cancels, `kill` and container stops."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+
+
+@contextlib.contextmanager
+def _unwind_on_sigterm() -> Iterator[None]:
+    def terminate(signum: int, _frame: object) -> None:
+        log.error("stopped by %s; the MLflow run ends FAILED and no output is left half-written",
+                  signal.Signals(signum).name)
+        raise Terminated(signum)
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _environment(values: Mapping[str, str], keep: set[str]) -> Iterator[None]:
+    """`values` in os.environ (where MLflow reads its HTTP settings) for the block, except the keys in `keep`, the
+    user's own settings; what was there before comes back afterwards, so nothing leaks into a later stage run."""
+    before = {key: os.environ.get(key) for key in values if key not in keep}
+    os.environ.update({key: values[key] for key in before})
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class StageRun:
+    """The few things a stage logs; keeps mlflow out of the stage modules."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        numeric = {k: float(v) for k, v in lineage.flatten(metrics).items() if isinstance(v, (int, float))}
+        if numeric:
+            mlflow.log_metrics(numeric, step=step)
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def log_dict(self, data: Mapping[str, Any], name: str) -> None:
+        mlflow.log_dict(dict(data), name)
+
+    def log_text(self, text: str, name: str) -> None:
+        mlflow.log_text(text, name)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    @contextlib.contextmanager
+    def child(self, name: str, params: Mapping[str, Any]) -> Iterator[StageRun]:
+        """A nested run under this stage's run (one per baseline configuration), with the stage's tags."""
+        parent = mlflow.get_run(self.run_id)
+        tags = {k: v for k, v in parent.data.tags.items() if not k.startswith("mlflow.")}
+        with mlflow.start_run(experiment_id=parent.info.experiment_id, run_name=name, nested=True, tags=tags) as run:
+            mlflow.log_params(lineage.flatten(params))
+            yield StageRun(run.info.run_id)
+
+    def log_torch_model(self, model: Any, example: Any) -> None:
+        """The model in MLflow's pytorch flavor, with a signature inferred from `example` (a numpy batch)."""
+        registry.log_torch_model(model, example)
+
+    def log_ensemble_model(self, path: Path, example: Any, metrics: Mapping[str, Any],
+                           metadata: Mapping[str, Any] | None = None) -> str:
+        """The ensemble file as a new version of the registered model `<dataset.name>-ensemble`; the alias
+        `champion` moves to it unless it is worse than the champion beyond params.yaml's `report.gates`.
+        Returns what happened to the alias (fmnist.tracking.registry.log_ensemble_model)."""
+        params = parse_params(lineage.all_params())
+        return registry.log_ensemble_model(path, example, f"{params.dataset.name}-ensemble", params.report.gates,
+                                           metrics, metadata)
+
+
+def experiment_name() -> str:
+    """MLFLOW_EXPERIMENT_NAME, else the dataset's name in params.yaml."""
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or (lineage.all_params().get("dataset") or {}).get("name") \
+        or "Default"
+
+
+@contextlib.contextmanager
+def stage_run(stage: str) -> Iterator[StageRun]:
+    """One MLflow run for one execution of the dvc.yaml stage `stage`, a child of its pipeline's parent run:
+    the params dvc.yaml lists for it, flattened; tags; FAILED if the stage raises; at the end, the parent's
+    lineage and metrics are brought up to date."""
+    params = lineage.stage_params(stage)
+    chosen_by_user = {key for key in (*HTTP_DEFAULTS, *HTTP_MID_RUN) if key in os.environ}
+    with _environment(HTTP_DEFAULTS, keep=chosen_by_user):
+        yield from _tracked(stage, params, chosen_by_user)
+
+
+def _tracked(stage: str, params: Mapping[str, Any], chosen_by_user: set[str]) -> Iterator[StageRun]:
+    """stage_run's body, under the fail-fast HTTP defaults."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with store_lock(uri):
+            client = mlflow.MlflowClient(uri)  # opening a new SQLite store creates its schema: inside the lock
+            experiment = experiment_id(experiment_name(), uri)
+            key = lineage.pipeline_key()
+            parent_id = lineage.pipeline_parent(client, experiment, key)
+            client.update_run(parent_id, status="RUNNING")
+        run = mlflow.start_run(experiment_id=experiment, run_name=stage, parent_run_id=parent_id,
+                               tags={**lineage.run_tags(stage, params), "pipeline_key": key})
+    except Exception as exc:  # MLflow raises many types (requests, sqlalchemy, its own) for one cause
+        raise TrackingError(
+            f"MLflow tracking store {uri} is not usable: {type(exc).__name__}: {exc}\n"
+            "Start the server or fix MLFLOW_TRACKING_URI; unset it to use the local store <repo>/mlflow.db."
+        ) from None
+    status = "FAILED"
+    produced: dict[str, str] = {}
+
+    def record_in_pipeline() -> None:
+        with store_lock(uri):
+            lineage.update_pipeline(client, experiment, parent_id, stage, run.info.run_id, produced, status)
+
+    try:
+        with _environment(HTTP_MID_RUN, keep=chosen_by_user):
+            with _unwind_on_sigterm(), run:
+                mlflow.log_params(lineage.flatten(params))
+                log.info("MLflow run %s (%s) in %s", run.info.run_id, stage, uri)
+                yield StageRun(run.info.run_id)
+                # The md5s dvc.lock will record for this stage's outputs: how a later pipeline that skips this
+                # stage finds this run as the producer of what it reuses.
+                produced = lineage.output_hashes(lineage.stage_outputs(stage))
+                mlflow.set_tag("dvc_outs", " ".join(f"{path}={md5}" for path, md5 in produced.items()))
+                status = "FINISHED"
+            record_in_pipeline()
+    except BaseException as exc:
+        if status == "FAILED":  # record the failure in the pipeline row, if the store allows it
+            with contextlib.suppress(Exception):
+                record_in_pipeline()
+        if isinstance(exc, (MlflowException, requests.RequestException)):
+            raise TrackingError(
+                f"MLflow tracking store {uri} failed during stage {stage} (run {run.info.run_id}): {exc}\n"
+                "What was logged before is kept there. The stage fails so that DVC records none of its outputs: "
+                "once the store answers again, `dvc repro` reruns it."
+            ) from None
+        raise

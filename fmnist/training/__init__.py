@@ -1,0 +1,1 @@
+"""Training one member: the loop, batch augmentation, and data parallelism over processes."""

@@ -1,0 +1,73 @@
+"""One ensemble member's training, end to end apart from logging: its data on the device, its net built from its
+seed, the fingerprint its resume checkpoint must match, and its model file."""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fmnist.device import set_threads
+from fmnist.digest import digest
+from fmnist.errors import StageError
+from fmnist.files import save_torch
+from fmnist.model import nets
+from fmnist.model.members import member_state
+from fmnist.params import Member, Train
+from fmnist.training.distributed import World, threads_per_process
+from fmnist.training.loop import FitResult, Images, load_member_data
+
+ARRAYS = ("images", "labels", "is_val", "mean", "std")
+
+
+@dataclass
+class MemberSetup:
+    """What fit() needs for one member in this process."""
+    model: nn.Module
+    fit_data: Images
+    val_data: Images
+    norm: nets.Normalizer
+    device: torch.device
+    threads: int
+
+
+def prepare(data_dir: Path, member: Member, cfg: Train, n_classes: int, image_shape: tuple[int, int],
+            device: torch.device, world: World) -> MemberSetup:
+    """This process's share of the setup: its device and threads, the member's split, and its net, initialised
+    from the member's seed (the same on every process)."""
+    if cfg.batch_size % world.size:
+        raise StageError(f"train.batch_size {cfg.batch_size} does not split evenly over {world.size} processes "
+                         "(train.processes, or torchrun's world size); choose a multiple of it")
+    if device.type == "cuda" and world.distributed:
+        device = torch.device("cuda", world.local_rank)
+    threads = set_threads(threads_per_process(cfg.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    torch.manual_seed(member.seed)
+    fit_data, val_data, mean, std = load_member_data(data_dir, member.split, device)
+    norm = nets.Normalizer(torch.from_numpy(mean).to(device), torch.from_numpy(std).to(device), cfg.channels_last)
+    model = nets.build(cfg.net, n_classes, image_shape).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return MemberSetup(model, fit_data, val_data, norm, device, threads)
+
+
+def fingerprint(data_dir: Path, name: str, member: Member, cfg: Train, classes: list[str],
+                image_shape: list[int], world: World) -> str:
+    """What a resume checkpoint must have been written for: the same recipe, member, classes, process count and
+    data (the bytes of preprocess's arrays)."""
+    data = {}
+    for array in ARRAYS:
+        with open(data_dir / f"{array}.npy", "rb") as handle:
+            data[array] = hashlib.file_digest(handle, "sha256").hexdigest()
+    return digest({"train": cfg.model_dump(), "member": {"name": name, **member.model_dump()}, "classes": classes,
+                   "image_shape": image_shape, "world_size": world.size, "data": data})
+
+
+def save_member(path: Path, model: nn.Module, norm: nets.Normalizer, cfg: Train, classes: list[str],
+                image_shape: list[int], name: str, member: Member, result: FitResult) -> None:
+    """The member file (fmnist.model.members): the best epoch's weights and what rebuilds and feeds the net."""
+    save_torch(path, member_state(model, norm, cfg.net, classes, image_shape, member=name, seed=member.seed,
+                                  split=member.split, best_epoch=result.best_epoch,
+                                  val_loss=result.best["val_loss"], val_accuracy=result.best["val_accuracy"]))

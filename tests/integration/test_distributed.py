@@ -1,0 +1,192 @@
+"""Data-parallel training: the real train stage on 2 gloo processes under torchrun, in a tiny project the test
+writes (learnable IDX images: class k is a bright block at position k)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from fmnist.data import idx
+from stages.distributed import threads_per_process
+from tests.conftest import FILE_NAMES, ROOT, real_params, subprocess_env
+
+EPOCHS = 6
+TRAIN = [sys.executable, "-m", "stages.train", "--member", "m0", "--data", "processed/train", "--model", "m0.pt",
+         "--metrics", "m0.json", "--history", "m0.csv", "--resume", "resume/m0.pt"]
+
+
+def block_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) % 10).astype(np.uint8)
+    images = rng.integers(0, 60, (n, 28, 28), dtype=np.uint8)
+    for i, k in enumerate(labels):
+        r, c = divmod(int(k), 4)
+        images[i, r * 7:(r + 1) * 7, c * 7:(c + 1) * 7] = 220
+    return images, labels
+
+
+def project_env(project: Path) -> dict[str, str]:
+    return {**subprocess_env(), "DVC_ROOT": str(project), "PYTHONPATH": str(ROOT)}
+
+
+def run(project: Path, *cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=project, env=project_env(project), capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """A project with processed data and params for 2 training processes; copied by each test."""
+    project = tmp_path_factory.mktemp("ddp")
+    mirror = project / "mirror"
+    mirror.mkdir()
+    arrays = dict(zip(("train_images", "train_labels"), block_images(2000, 0)))
+    arrays.update(zip(("test_images", "test_labels"), block_images(100, 1)))
+    files = {}
+    for role, array in arrays.items():
+        idx.write(mirror / FILE_NAMES[role], array)
+        files[role] = {"name": FILE_NAMES[role], "gz_md5": None, "sha256": hashlib.sha256(idx.encode(array)).hexdigest()}
+    params = real_params()
+    params["dataset"].update({"name": "tiny", "mirrors": [{"location": str(mirror), "original_gz": False}],
+                              "files": files, "train_count": 2000, "test_count": 100,
+                              "classes": [f"c{i}" for i in range(10)]})
+    params["preprocess"]["n_splits"] = 1
+    params["members"] = {"m0": {"seed": 0, "split": 0}}
+    params["train"].update({"epochs": EPOCHS, "batch_size": 64, "processes": 2,
+                            "augment": {"flip": False, "translate": 1, "erasing": 0.0}})
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    for cmd in (["stages.download", "--out", "raw", "--partial", "partial"],
+                ["stages.preprocess", "--raw", "raw", "--out", "processed", "--metrics", "p.json"]):
+        done = run(project, sys.executable, "-m", *cmd)
+        assert done.returncode == 0, done.stderr
+    (project / "mlflow.db").unlink()  # each test counts its own runs
+    shutil.rmtree(project / "mlartifacts", ignore_errors=True)
+    return project
+
+
+@pytest.fixture
+def project(prepared, tmp_path) -> Path:
+    copy = tmp_path / "project"
+    shutil.copytree(prepared, copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(prepared, tmp_path_factory) -> dict:
+    """One uninterrupted 2-process run: its model bytes and history."""
+    copy = tmp_path_factory.mktemp("uninterrupted") / "project"
+    shutil.copytree(prepared, copy)
+    done = run(copy, *TRAIN)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {"project": copy, "log": done.stderr, "model": (copy / "m0.pt").read_bytes(),
+            "history": (copy / "m0.csv").read_text()}
+
+
+def train_runs(project: Path) -> list:
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny")
+    return client.search_runs([experiment.experiment_id], "attributes.run_name = 'train@m0'")
+
+
+@pytest.mark.e2e
+def test_two_processes_lower_the_loss_and_record_one_run(uninterrupted):
+    project = uninterrupted["project"]
+    assert "2 process(es) x 1 threads" in uninterrupted["log"]
+    history = [line.split(",") for line in uninterrupted["history"].splitlines()]
+    columns = history[0]
+    losses = [float(row[columns.index("train_loss")]) for row in history[1:]]
+    assert len(losses) == EPOCHS and losses[-1] < losses[0] / 2
+    assert float(history[-1][columns.index("val_accuracy")]) > 0.9  # chance is 0.1
+    # rank 0 alone wrote: one MLflow run with one value per epoch, one set of outputs, no checkpoint left
+    runs = train_runs(project)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags["processes"] == "2" and runs[0].data.params["world_size"] == "2"
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    assert len(client.get_metric_history(runs[0].info.run_id, "train_loss")) == EPOCHS
+    assert sorted(p.name for p in project.glob("m0.*")) == ["m0.csv", "m0.json", "m0.pt"]
+    assert not any((project / "resume").glob("*"))
+
+
+@pytest.mark.e2e
+def test_a_rerun_on_two_processes_gives_identical_weights(uninterrupted, project):
+    done = run(project, *TRAIN)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (project / "m0.pt").read_bytes() == uninterrupted["model"]
+    assert (project / "m0.csv").read_text().split("seconds")[0] == uninterrupted["history"].split("seconds")[0]
+
+
+def worker_pid(project: Path, rank: int) -> int | None:
+    """The pid of the training worker with this rank running in `project` (torchrun sets RANK in its env)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.readlink(entry / "cwd") != str(project):
+                continue
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ and b"TORCHELASTIC_RUN_ID" in b"\0".join(environ):
+            return int(entry.name)
+    return None
+
+
+def start_until_first_checkpoint(project: Path) -> subprocess.Popen:
+    """The 2-process stage, started and left running once rank 0 has saved epoch 1's checkpoint."""
+    stage = subprocess.Popen(TRAIN, cwd=project, env=project_env(project), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    deadline = time.monotonic() + 300
+    while not (project / "resume" / "m0.pt").exists():
+        assert stage.poll() is None and time.monotonic() < deadline, "the stage ended before its first checkpoint"
+        time.sleep(0.02)
+    return stage
+
+
+@pytest.mark.e2e
+@pytest.mark.fault
+def test_a_killed_rank_fails_the_stage_and_a_rerun_resumes_to_the_same_weights(uninterrupted, project):
+    stage = start_until_first_checkpoint(project)
+    pid = worker_pid(project, 1)
+    assert pid is not None, "no rank-1 worker found"
+    os.kill(pid, signal.SIGKILL)
+    output, _ = stage.communicate(timeout=300)
+    assert stage.returncode == 1, output[-3000:]
+    assert "a training process failed" in output and "rerunning the stage resumes from it" in output
+    assert not (project / "m0.pt").exists() and not (project / "m0.json").exists()  # nothing half-written
+    assert (project / "resume" / "m0.pt").exists()
+    # rank 0 ends its run FAILED whether gloo's broken connection or torchrun's SIGTERM reaches it first
+    assert [r.info.status for r in train_runs(project)] == ["FAILED"]
+    resumed = run(project, *TRAIN)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from resume/m0.pt after epoch" in resumed.stderr
+    assert (project / "m0.pt").read_bytes() == uninterrupted["model"]
+    assert sorted(r.info.status for r in train_runs(project)) == ["FAILED", "FINISHED"]
+
+
+@pytest.mark.e2e
+@pytest.mark.fault
+def test_sigterm_to_the_stage_stops_every_process_and_fails_its_run(project):
+    stage = start_until_first_checkpoint(project)
+    workers = [worker_pid(project, rank) for rank in (0, 1)]
+    assert None not in workers, "no training workers found"
+    stage.send_signal(signal.SIGTERM)  # what a CI cancel or `kill` sends; only the stage's own pid
+    output, _ = stage.communicate(timeout=120)
+    assert stage.returncode == 1, output[-3000:]
+    assert "stopped by SIGTERM" in output and "rerunning the stage resumes from it" in output
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)  # no worker trains on, orphaned
+    assert not (project / "m0.pt").exists() and (project / "resume" / "m0.pt").exists()
+    assert [r.info.status for r in train_runs(project)] == ["FAILED"]
+
+
+def test_threads_are_split_between_the_processes():
+    assert threads_per_process(8, 2) == 4 and threads_per_process(2, 2) == 1 and threads_per_process(1, 4) == 1
+    assert threads_per_process(0, 1) == len(os.sched_getaffinity(0))

@@ -1,0 +1,52 @@
+"""A local `mlflow server` for the tests (and docs/screenshots.py) that need the tracking REST API and the UI rather
+than a store file. A team runs its own: `make mlflow-server`."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from fmnist.tracking.store import TrackingError
+
+
+@contextlib.contextmanager
+def local_server(store_uri: str, artifacts_destination: str | None = None, env: dict[str, str] | None = None,
+                 startup_s: float = 90, port: int | None = None) -> Iterator[str]:
+    """`mlflow server` for `store_uri` on 127.0.0.1 (never all interfaces) and `port` (default: a free one), for
+    as long as the block runs; yields its base URL once /health answers, and stops it and its workers afterwards.
+    With `artifacts_destination` (s3://bucket/prefix) the server proxies artifacts there, so clients need no
+    credentials for it: only the server's `env` holds them (AWS_*, MLFLOW_S3_ENDPOINT_URL)."""
+    if port is None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", store_uri, "--workers", "1",
+         *(["--artifacts-destination", artifacts_destination] if artifacts_destination else [])],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, env={**os.environ, **(env or {})})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + startup_s
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2).read()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    reason = (process.stderr.read().decode()[-2000:] if process.poll() is not None
+                              else f"no answer in {startup_s:g} s")
+                    raise TrackingError(f"mlflow server for {store_uri} did not start: {reason}") from None
+                time.sleep(0.5)
+        yield base
+    finally:
+        if process.poll() is None:  # it may have died on its own: its stderr is then in the error above
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)

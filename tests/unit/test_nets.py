@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from fmnist.model import nets
+from fmnist.params import Augment
+from fmnist.training import augment
+
+
+@pytest.mark.parametrize("name", nets.NETS)
+def test_every_net_maps_a_batch_to_class_logits(name):
+    model = nets.build(name, 10, (28, 28)).eval()
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+
+
+@pytest.mark.parametrize("name", nets.NETS)
+def test_inference_copy_folds_batchnorm_without_changing_outputs(name):
+    torch.manual_seed(0)
+    model = nets.build(name, 10, (28, 28))
+    model.train()(torch.randn(64, 1, 28, 28))  # non-trivial running statistics to fold
+    folded = nets.for_inference(model)
+    x = torch.randn(8, 1, 28, 28)
+    torch.testing.assert_close(folded(x), model.eval()(x), rtol=1e-4, atol=1e-5)
+    if name == "fast":  # conv -> BN pairs only there; the WRN's BNs precede their convs
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) or name == "cmasch"
+
+
+def test_cmasch_matches_the_published_keras_model_size():
+    # Keras reports 493,898 including BatchNormalization's 128 moving statistics, which are buffers here.
+    assert nets.count_parameters(nets.build("cmasch", 10, (28, 28))) == 493_898 - 128
+
+
+def test_unknown_net_lists_the_choices():
+    with pytest.raises(ValueError, match="unknown net 'resnet9'; choose one of cmasch, fast, wrn"):
+        nets.build("resnet9", 10, (28, 28))
+
+
+def batch():
+    return (torch.arange(4 * 28 * 28) % 256).to(torch.uint8).reshape(4, 1, 28, 28)
+
+
+NORMALIZE = nets.Normalizer(torch.tensor(0.3), torch.tensor(0.4), channels_last=False)
+
+
+def test_augmentations_off_only_normalize_the_batch():
+    gen = torch.Generator().manual_seed(0)
+    out = augment.augment(batch(), Augment(flip=False, translate=0, erasing=0.0), gen, NORMALIZE)
+    assert torch.equal(out, NORMALIZE(batch()))
+
+
+def test_augmentation_is_reproducible_from_the_generator():
+    cfg = Augment(flip=True, translate=2, erasing=0.5)
+    first = augment.augment(batch(), cfg, torch.Generator().manual_seed(1), NORMALIZE)
+    second = augment.augment(batch(), cfg, torch.Generator().manual_seed(1), NORMALIZE)
+    assert torch.equal(first, second) and first.shape == batch().shape and first.dtype == torch.float32
+
+
+def test_a_shift_uncovers_background_not_the_mean():
+    # An all-white batch: after a shift, every pixel is either white or the black background a real image has
+    # at its edge; normalizing first would have uncovered 0, the mean's grey.
+    white = torch.full((64, 1, 28, 28), 255, dtype=torch.uint8)
+    out = augment.augment(white, Augment(flip=False, translate=1, erasing=0.0), torch.Generator().manual_seed(0),
+                          NORMALIZE)
+    background, foreground = (NORMALIZE(torch.tensor(v, dtype=torch.uint8)).item() for v in (0, 255))
+    assert set(out.unique().tolist()) == {background, foreground}
+
+
+def test_flip_mirrors_or_keeps_each_image():
+    out = augment.flip(batch(), torch.Generator().manual_seed(0))
+    for image, original in zip(out, batch()):
+        assert torch.equal(image, original) or torch.equal(image, original.flip(-1))
+
+
+def test_translate_shifts_within_bounds_and_fills_zeros():
+    x = torch.zeros(64, 1, 28, 28)
+    x[:, :, 13, 13] = 1
+    out = augment.translate(x, 2, torch.Generator().manual_seed(0))
+    rows, cols = out[:, 0].nonzero()[:, 1], out[:, 0].nonzero()[:, 2]
+    assert out.sum() == 64 and rows.min() >= 11 and rows.max() <= 15 and cols.min() >= 11 and cols.max() <= 15
+    assert len(set(zip(rows.tolist(), cols.tolist()))) > 5  # different images got different shifts
+
+
+def test_erasing_zeroes_a_rectangle():
+    out = augment.erase(torch.ones(8, 1, 28, 28), 1.0, torch.Generator().manual_seed(0))
+    erased = (out == 0).sum(dim=(1, 2, 3)).float() / (28 * 28)
+    assert ((erased >= 0.005) & (erased <= 0.30)).all()

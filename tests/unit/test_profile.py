@@ -1,0 +1,48 @@
+"""Params profiles: an override file laid over params.yaml, validated before it is written."""
+import pytest
+
+from fmnist.cli.profile import apply_profile, merge, read_yaml
+from fmnist.params import Params, ParamsError, parse_params
+from tests.conftest import ROOT, real_params
+
+
+def committed_profile_applied(name: str) -> Params:
+    """params.yaml with profiles/<name> laid over it, as `fmnist profile` would write it."""
+    source = f"profiles/{name}"
+    return parse_params(apply_profile(real_params(), read_yaml(ROOT / source), source))
+
+
+def test_mappings_merge_and_listed_sections_are_replaced():
+    base = {"train": {"epochs": 24, "lr": 0.2}, "members": {"m0": {"seed": 0}, "m1": {"seed": 1}}}
+    merged = merge(base, {"train": {"epochs": 2}, "members": {"m0": {"seed": 5}}}, frozenset({"members"}))
+    assert merged == {"train": {"epochs": 2, "lr": 0.2}, "members": {"m0": {"seed": 5}}}
+    assert base["train"]["epochs"] == 24  # the input is not modified
+
+
+def test_the_ci_profile_yields_valid_small_params():
+    params = committed_profile_applied("ci.yaml")
+    assert params.preprocess.train_subset == 3000 and params.train.epochs == 2
+    assert list(params.members) == ["m0", "m1"] and params.train.lr == real_params()["train"]["lr"]
+
+
+def test_the_gpu_profile_yields_valid_params_for_a_wide_resnet_on_cuda():
+    params = committed_profile_applied("gpu.yaml")
+    assert params.train.net == "wrn" and params.train.device == "cuda" and params.train.compile
+    assert list(params.members) == list(real_params()["members"])  # the ensemble stays as it is
+
+
+def test_the_cpu_long_profile_is_the_measured_recipe_five_members_of_44_epochs_and_nothing_else():
+    default = parse_params(real_params())
+    params = committed_profile_applied("cpu-long.yaml")
+    assert params.train.epochs == 44
+    assert {name: (m.seed, m.split) for name, m in params.members.items()} == {f"m{i}": (i, i) for i in range(5)}
+    assert params.train.model_copy(update={"epochs": default.train.epochs}) == default.train
+    assert params.model_copy(update={"train": default.train, "members": default.members}) == default
+
+
+@pytest.mark.fault
+def test_a_profile_with_a_typo_fails_naming_the_key():
+    with pytest.raises(ParamsError, match=r"params.yaml with p.yaml: 1 invalid.*\n  train.epoch: unknown key"):
+        apply_profile(real_params(), {"train": {"epoch": 2}}, "p.yaml")
+    with pytest.raises(ParamsError, match="`replace` must be a list of dotted keys"):
+        apply_profile(real_params(), {"replace": "members"}, "p.yaml")
