@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Are there pushed artifacts behind the committed results? Pulls every output this checkout's dvc.lock names from
-# the default DVC remote (python -m stages.share pull, credentials from the environment), then `dvc status` must
+# the default DVC remote (fmnist share pull, credentials from the environment), then `dvc status` must
 # be clean. Prints a Markdown paragraph; exits 1 when the artifacts are missing or do not match. Used by
 # pr-report.sh; without a configured remote it only warns.
 set -uo pipefail
@@ -9,9 +9,9 @@ echo "## Artifacts behind the committed results"
 echo
 if ! remote=$(dvc remote default 2>/dev/null); then  # "No default remote set", exit 1
   echo "⚠️ No DVC remote is configured: the committed numbers cannot be checked against pushed artifacts."
-elif ! pulled=$(python -m stages.share pull 2>&1); then
+elif ! pulled=$(fmnist share pull 2>&1); then
   echo "❌ The outputs this branch's \`dvc.lock\` names could not be pulled: the committed metrics have no pushed"
-  echo "artifacts behind them. Run \`python -m stages.share push\` from the clone that ran the pipeline."
+  echo "artifacts behind them. Run \`fmnist share push\` from the clone that ran the pipeline."
   echo; echo '```'; echo "$pulled" | tail -n 5; echo '```'
   exit 1
 elif ! dvc status --quiet >/dev/null 2>&1; then

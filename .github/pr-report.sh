@@ -5,9 +5,9 @@
 #   .github/pr-report.sh [BASE_BRANCH] > report.md     # BASE_BRANCH defaults to origin/main, else main
 #
 # 0. Artifacts: where a DVC remote is configured, every output the branch's dvc.lock names is pulled from it
-#    (python -m stages.share pull) and `dvc status` must then be clean; committed metrics without pushed
+#    (fmnist share pull) and `dvc status` must then be clean; committed metrics without pushed
 #    artifacts behind them fail the report. Credentials come from the environment (the workflow's secrets).
-# 1. Committed results: `python -m stages.report` between the merge base and HEAD, i.e. the metrics the author
+# 1. Committed results: `fmnist report` between the merge base and HEAD, i.e. the metrics the author
 #    measured with the full pipeline and committed (dvc.lock + metrics/), with the regression gate.
 # 2. CI profile: profiles/ci.yaml run on both revisions here (a subset, 2 epochs, 2 members), in worktrees
 #    sharing one DVC cache, each result committed to a throwaway ref so `report` can diff them as revisions.
@@ -23,7 +23,7 @@ run_profile() {  # $1 = revision, $2 = worktree path; prints the commit holding 
   git worktree add -q --detach "$2" "$1" >&2 || return 1
   ( cd "$2" \
     && dvc cache dir --local "$work/cache" \
-    && python -m stages.profile profiles/ci.yaml \
+    && fmnist profile profiles/ci.yaml \
     && MLFLOW_TRACKING_URI="sqlite:///$work/mlflow.db" dvc repro --quiet \
     && git add -A -f params.yaml dvc.lock metrics plots \
     && git -c user.name=ci -c user.email=ci@localhost commit -q -m "CI profile of $1" \
@@ -34,7 +34,7 @@ echo "# Pipeline report"
 echo
 echo "## Committed results (full pipeline, as measured and committed on this branch)"
 echo
-python -m stages.report --base "$base" --fail-on-regression --head HEAD | sed 's/^## /### /'
+fmnist report --base "$base" --fail-on-regression --head HEAD | sed 's/^## /### /'
 gate=${PIPESTATUS[0]}
 echo
 .github/check-artifacts.sh | sed 's/^## /### /' || gate=1
@@ -50,7 +50,7 @@ elif ! head_result=$(run_profile HEAD "$work/head"); then
   gate=1
 else
   # Informational: small-profile numbers move with any change; only the committed results gate the merge.
-  python -m stages.report --base "$base_result" --head "$head_result" \
+  fmnist report --base "$base_result" --head "$head_result" \
     | sed 's/^## /### /; s/^### Regression gate$/### Regression gate (informational: it gates only the committed results)/'
 fi
 exit "$gate"

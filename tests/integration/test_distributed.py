@@ -2,7 +2,6 @@
 writes (learnable IDX images: class k is a bright block at position k)."""
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -12,27 +11,15 @@ import time
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
 import yaml
 
-from fmnist.data import idx
-from stages.distributed import threads_per_process
-from tests.conftest import FILE_NAMES, ROOT, real_params, subprocess_env
+from fmnist.training.distributed import threads_per_process
+from tests.conftest import ROOT, block_images, real_params, subprocess_env, write_idx_files
 
 EPOCHS = 6
 TRAIN = [sys.executable, "-m", "stages.train", "--member", "m0", "--data", "processed/train", "--model", "m0.pt",
          "--metrics", "m0.json", "--history", "m0.csv", "--resume", "resume/m0.pt"]
-
-
-def block_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    labels = (np.arange(n) % 10).astype(np.uint8)
-    images = rng.integers(0, 60, (n, 28, 28), dtype=np.uint8)
-    for i, k in enumerate(labels):
-        r, c = divmod(int(k), 4)
-        images[i, r * 7:(r + 1) * 7, c * 7:(c + 1) * 7] = 220
-    return images, labels
 
 
 def project_env(project: Path) -> dict[str, str]:
@@ -46,24 +33,20 @@ def run(project: Path, *cmd: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     """A project with processed data and params for 2 training processes; copied by each test."""
+    from dvc.repo import Repo
+
     project = tmp_path_factory.mktemp("ddp")
-    mirror = project / "mirror"
-    mirror.mkdir()
     arrays = dict(zip(("train_images", "train_labels"), block_images(2000, 0)))
     arrays.update(zip(("test_images", "test_labels"), block_images(100, 1)))
-    files = {}
-    for role, array in arrays.items():
-        idx.write(mirror / FILE_NAMES[role], array)
-        files[role] = {"name": FILE_NAMES[role], "gz_md5": None, "sha256": hashlib.sha256(idx.encode(array)).hexdigest()}
     params = real_params()
-    params["dataset"].update({"name": "tiny", "mirrors": [{"location": str(mirror), "original_gz": False}],
-                              "files": files, "train_count": 2000, "test_count": 100,
-                              "classes": [f"c{i}" for i in range(10)]})
+    params["dataset"] = write_idx_files(project / "mirror", arrays, [f"c{i}" for i in range(10)])
     params["preprocess"]["n_splits"] = 1
     params["members"] = {"m0": {"seed": 0, "split": 0}}
     params["train"].update({"epochs": EPOCHS, "batch_size": 64, "processes": 2,
                             "augment": {"flip": False, "translate": 1, "erasing": 0.0}})
     (project / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copy(ROOT / "dvc.yaml", project / "dvc.yaml")  # the stages' MLflow params are those it lists
+    Repo.init(str(project), no_scm=True)
     for cmd in (["stages.download", "--out", "raw", "--partial", "partial"],
                 ["stages.preprocess", "--raw", "raw", "--out", "processed", "--metrics", "p.json"]):
         done = run(project, sys.executable, "-m", *cmd)
@@ -74,7 +57,7 @@ def prepared(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def project(prepared, tmp_path) -> Path:
+def ddp_project(prepared, tmp_path) -> Path:
     copy = tmp_path / "project"
     shutil.copytree(prepared, copy)
     return copy
@@ -97,7 +80,6 @@ def train_runs(project: Path) -> list:
     return client.search_runs([experiment.experiment_id], "attributes.run_name = 'train@m0'")
 
 
-@pytest.mark.e2e
 def test_two_processes_lower_the_loss_and_record_one_run(uninterrupted):
     project = uninterrupted["project"]
     assert "2 process(es) x 1 threads" in uninterrupted["log"]
@@ -109,19 +91,11 @@ def test_two_processes_lower_the_loss_and_record_one_run(uninterrupted):
     # rank 0 alone wrote: one MLflow run with one value per epoch, one set of outputs, no checkpoint left
     runs = train_runs(project)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert runs[0].data.tags["processes"] == "2" and runs[0].data.params["world_size"] == "2"
+    assert runs[0].data.tags["processes"] == "2" and runs[0].data.params["train.processes"] == "2"
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     assert len(client.get_metric_history(runs[0].info.run_id, "train_loss")) == EPOCHS
     assert sorted(p.name for p in project.glob("m0.*")) == ["m0.csv", "m0.json", "m0.pt"]
     assert not any((project / "resume").glob("*"))
-
-
-@pytest.mark.e2e
-def test_a_rerun_on_two_processes_gives_identical_weights(uninterrupted, project):
-    done = run(project, *TRAIN)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert (project / "m0.pt").read_bytes() == uninterrupted["model"]
-    assert (project / "m0.csv").read_text().split("seconds")[0] == uninterrupted["history"].split("seconds")[0]
 
 
 def worker_pid(project: Path, rank: int) -> int | None:
@@ -151,40 +125,40 @@ def start_until_first_checkpoint(project: Path) -> subprocess.Popen:
     return stage
 
 
-@pytest.mark.e2e
 @pytest.mark.fault
-def test_a_killed_rank_fails_the_stage_and_a_rerun_resumes_to_the_same_weights(uninterrupted, project):
-    stage = start_until_first_checkpoint(project)
-    pid = worker_pid(project, 1)
+def test_a_killed_rank_fails_the_stage_and_a_rerun_resumes_to_the_same_weights(uninterrupted, ddp_project):
+    stage = start_until_first_checkpoint(ddp_project)
+    pid = worker_pid(ddp_project, 1)
     assert pid is not None, "no rank-1 worker found"
     os.kill(pid, signal.SIGKILL)
     output, _ = stage.communicate(timeout=300)
     assert stage.returncode == 1, output[-3000:]
     assert "a training process failed" in output and "rerunning the stage resumes from it" in output
-    assert not (project / "m0.pt").exists() and not (project / "m0.json").exists()  # nothing half-written
-    assert (project / "resume" / "m0.pt").exists()
+    assert not (ddp_project / "m0.pt").exists() and not (ddp_project / "m0.json").exists()  # nothing half-written
+    assert (ddp_project / "resume" / "m0.pt").exists()
     # rank 0 ends its run FAILED whether gloo's broken connection or torchrun's SIGTERM reaches it first
-    assert [r.info.status for r in train_runs(project)] == ["FAILED"]
-    resumed = run(project, *TRAIN)
+    assert [r.info.status for r in train_runs(ddp_project)] == ["FAILED"]
+    resumed = run(ddp_project, *TRAIN)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from resume/m0.pt after epoch" in resumed.stderr
-    assert (project / "m0.pt").read_bytes() == uninterrupted["model"]
-    assert sorted(r.info.status for r in train_runs(project)) == ["FAILED", "FINISHED"]
+    # two executions of the 2-process stage, one of them killed and resumed, give the same bytes
+    assert (ddp_project / "m0.pt").read_bytes() == uninterrupted["model"]
+    assert (ddp_project / "m0.csv").read_text().split("seconds")[0] == uninterrupted["history"].split("seconds")[0]
+    assert sorted(r.info.status for r in train_runs(ddp_project)) == ["FAILED", "FINISHED"]
 
 
-@pytest.mark.e2e
 @pytest.mark.fault
-def test_sigterm_to_the_stage_stops_every_process_and_fails_its_run(project):
-    stage = start_until_first_checkpoint(project)
-    workers = [worker_pid(project, rank) for rank in (0, 1)]
+def test_sigterm_to_the_stage_stops_every_process_and_fails_its_run(ddp_project):
+    stage = start_until_first_checkpoint(ddp_project)
+    workers = [worker_pid(ddp_project, rank) for rank in (0, 1)]
     assert None not in workers, "no training workers found"
     stage.send_signal(signal.SIGTERM)  # what a CI cancel or `kill` sends; only the stage's own pid
     output, _ = stage.communicate(timeout=120)
     assert stage.returncode == 1, output[-3000:]
     assert "stopped by SIGTERM" in output and "rerunning the stage resumes from it" in output
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)  # no worker trains on, orphaned
-    assert not (project / "m0.pt").exists() and (project / "resume" / "m0.pt").exists()
-    assert [r.info.status for r in train_runs(project)] == ["FAILED"]
+    assert not (ddp_project / "m0.pt").exists() and (ddp_project / "resume" / "m0.pt").exists()
+    assert [r.info.status for r in train_runs(ddp_project)] == ["FAILED"]
 
 
 def test_threads_are_split_between_the_processes():

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from fmnist.data.download import DownloadError, download, fetch_http
 from fmnist.params import parse_params
-from stages.download import DownloadError, download, fetch_http
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -70,9 +70,15 @@ def params_for(params_with, mirrors, timeout_s=5.0, retries=3):
     return parse_params(params)
 
 
+def download_into(tmp_path, params):
+    """The download stage's work: tmp_path/raw from the params' mirrors, partial files in tmp_path/partial."""
+    return download(params.dataset.files, params.dataset.mirrors, params.download, tmp_path / "raw",
+                    tmp_path / "partial")
+
+
 def test_local_directory_mirror(tmp_path, params_with, tiny_dataset):
     params = params_for(params_with, tiny_dataset["mirrors"])
-    manifest, failures = download(params.dataset, params.download, tmp_path / "raw", tmp_path / "partial")
+    manifest, failures = download_into(tmp_path, params)
     assert failures == []
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted(
         [spec["name"] for spec in tiny_dataset["files"].values()] + ["manifest.json"])
@@ -85,7 +91,7 @@ def test_http_mirror_and_fallback_from_a_missing_directory(tmp_path, params_with
     url, handler = server
     params = params_for(params_with, [{"location": str(tmp_path / "nowhere"), "original_gz": False},
                                       {"location": url + "/", "original_gz": True}])
-    manifest, failures = download(params.dataset, params.download, tmp_path / "raw", tmp_path / "partial")
+    manifest, failures = download_into(tmp_path, params)
     assert manifest["test_labels"]["source"] == f"{url}/t10k-labels-idx1-ubyte.gz"
     assert len(failures) == 4 and "No such file or directory" in failures[0]
     assert (tmp_path / "raw" / "train-images-idx3-ubyte.gz").stat().st_size > 0
@@ -96,7 +102,7 @@ def test_dropped_connection_resumes_with_a_range_request(tmp_path, params_with, 
     url, handler = server
     handler.faults["train-images-idx3-ubyte.gz"] = "drop-once"
     params = params_for(params_with, [{"location": url, "original_gz": False}])
-    manifest, _ = download(params.dataset, params.download, tmp_path / "raw", tmp_path / "partial")
+    manifest, _ = download_into(tmp_path, params)
     ranges = [rng for name, rng in handler.requests if name == "train-images-idx3-ubyte.gz"]
     assert ranges[0] is None and re.fullmatch(r"bytes=\d+-", ranges[1])
     assert manifest["train_images"]["sha256_checked"]  # the resumed file decodes to the right bytes
@@ -108,7 +114,7 @@ def test_server_without_range_support_restarts_from_zero(tmp_path, params_with, 
     url, handler = server
     handler.faults["train-images-idx3-ubyte.gz"] = "no-range"
     params = params_for(params_with, [{"location": url, "original_gz": False}])
-    manifest, _ = download(params.dataset, params.download, tmp_path / "raw", tmp_path / "partial")
+    manifest, _ = download_into(tmp_path, params)
     assert manifest["train_images"]["sha256_checked"]
 
 
@@ -117,7 +123,7 @@ def test_html_and_404_fall_through_to_the_next_mirror(tmp_path, params_with, ser
     url, handler = server
     handler.faults.update({"train-images-idx3-ubyte.gz": "html", "t10k-images-idx3-ubyte.gz": "404"})
     params = params_for(params_with, [{"location": url, "original_gz": False}, tiny_dataset["mirrors"][0]])
-    manifest, failures = download(params.dataset, params.download, tmp_path / "raw", tmp_path / "partial")
+    manifest, failures = download_into(tmp_path, params)
     assert manifest["train_images"]["source"].startswith(tiny_dataset["mirrors"][0]["location"])
     assert any("not a gzip file" in f and "HTML" in f for f in failures)
     assert any("HTTP 404" in f for f in failures)
@@ -130,7 +136,7 @@ def test_no_working_mirror_is_one_clear_error_and_leaves_no_output(tmp_path, par
     params = params_for(params_with, [{"location": str(tmp_path / "nowhere"), "original_gz": False},
                                       {"location": url, "original_gz": True}])
     with pytest.raises(DownloadError) as caught:
-        download(params.dataset, params.download, tmp_path / "raw", tmp_path / "partial")
+        download_into(tmp_path, params)
     message = str(caught.value)
     assert "no mirror could provide train-labels-idx1-ubyte.gz" in message
     assert f"{tmp_path / 'nowhere'}: No such file or directory" in message
@@ -160,4 +166,4 @@ def test_wrong_checksum_from_the_only_mirror_fails(tmp_path, params_with, server
     params_dict["dataset"]["files"]["test_labels"]["sha256"] = "f" * 64
     params = parse_params(params_dict)
     with pytest.raises(DownloadError, match=r"decoded SHA-256 mismatch: expected f{64}"):
-        download(params.dataset, params.download, tmp_path / "raw", tmp_path / "partial")
+        download_into(tmp_path, params)

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from stages import mlflow_server, tracking
-from tests.conftest import S3_CREDENTIALS, bucket_keys, create_bucket, postgres_rows
+from fmnist.tracking.run import stage_run
+from fmnist.tracking.store import TrackingError
+from tests import mlflow_server
+from tests.services import S3_CREDENTIALS, bucket_keys, create_bucket, postgres_rows
 
 
 def get(url: str) -> dict:
@@ -22,13 +24,10 @@ def post(url: str, body: dict) -> dict:
 
 
 @pytest.fixture
-def server(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    monkeypatch.chdir(tmp_path)
+def server(project, params_with, tmp_path):
+    project(params_with())
     for stage in ("verify", "preprocess"):
-        with tracking.stage_run(stage, {"preprocess": {"seed": 42}}, experiment="tiny") as run:
+        with stage_run(stage) as run:
             run.log_metrics({"count": 60000})
     with mlflow_server.local_server(f"sqlite:///{tmp_path / 'mlflow.db'}") as base:
         yield base
@@ -46,7 +45,8 @@ def test_server_serves_the_pipeline_and_its_stage_runs(server):
     assert tags["pipeline"]["lineage.preprocess"] == f"ran {by_name['preprocess']['info']['run_id']}"
     metrics = {m["key"]: m["value"] for m in by_name["preprocess"]["data"]["metrics"]}
     assert metrics == {"count": 60000.0}
-    assert {p["key"]: p["value"] for p in by_name["verify"]["data"]["params"]} == {"preprocess.seed": "42"}
+    params = {p["key"]: p["value"] for p in by_name["preprocess"]["data"]["params"]}
+    assert params["preprocess.seed"] == "42" and "verify.max_class_imbalance" not in params
 
 
 @pytest.mark.fault
@@ -63,7 +63,7 @@ def test_server_listens_on_loopback_only(server):
 
 
 def test_a_team_server_keeps_runs_in_postgresql_and_artifacts_in_s3_behind_its_proxy(
-        postgres, s3_endpoint, tmp_path, monkeypatch):
+        postgres, s3_endpoint, project, params_with, monkeypatch):
     import mlflow
 
     create_bucket(s3_endpoint, "mlflow")
@@ -72,9 +72,9 @@ def test_a_team_server_keeps_runs_in_postgresql_and_artifacts_in_s3_behind_its_p
         for key in (*S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL"):  # the client has no S3 credentials at all
             monkeypatch.delenv(key, raising=False)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", base)
-        monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-        monkeypatch.chdir(tmp_path)
-        with tracking.stage_run("verify", {"verify": {"max_class_imbalance": 1.0}}, experiment="team") as run:
+        monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "team")
+        project(params_with())
+        with stage_run("verify") as run:
             run.log_metrics({"train_count": 60000})
             run.log_text("checked", "notes/verify.txt")
         assert mlflow.artifacts.load_text(f"runs:/{run.run_id}/notes/verify.txt") == "checked"  # via the proxy
@@ -87,17 +87,17 @@ def test_a_team_server_keeps_runs_in_postgresql_and_artifacts_in_s3_behind_its_p
     assert any(key.endswith(f"{run.run_id}/artifacts/notes/verify.txt") for key in keys), keys
 
 
-def test_a_server_restart_mid_stage_is_waited_out_and_loses_nothing(postgres, tmp_path, monkeypatch):
+def test_a_server_restart_mid_stage_is_waited_out_and_loses_nothing(postgres, project, params_with, monkeypatch):
     import threading
     import time
 
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    monkeypatch.chdir(tmp_path)
+    project(params_with())
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "restart")
     with contextlib.ExitStack() as servers:
         base = servers.enter_context(mlflow_server.local_server(postgres))
         port = int(base.rsplit(":", 1)[1])
         monkeypatch.setenv("MLFLOW_TRACKING_URI", base)
-        with tracking.stage_run("train@m0", {"train": {"epochs": 2}}, experiment="restart") as run:
+        with stage_run("train@m0") as run:
             run.log_metrics({"val_accuracy": 0.8}, step=1)
             servers.close()  # the server goes down mid-stage...
             back = threading.Timer(3, lambda: servers.enter_context(mlflow_server.local_server(postgres, port=port)))
@@ -114,16 +114,15 @@ def test_a_server_restart_mid_stage_is_waited_out_and_loses_nothing(postgres, tm
 
 
 @pytest.mark.fault
-def test_a_server_gone_for_good_fails_the_stage_naming_it_and_keeps_what_was_logged(postgres, tmp_path,
+def test_a_server_gone_for_good_fails_the_stage_naming_it_and_keeps_what_was_logged(postgres, project, params_with,
                                                                                      monkeypatch):
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    monkeypatch.chdir(tmp_path)
+    project(params_with())
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "gone")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # the user's choice wins over the minute of retries
     with contextlib.ExitStack() as servers:
         base = servers.enter_context(mlflow_server.local_server(postgres))
         monkeypatch.setenv("MLFLOW_TRACKING_URI", base)
-        with pytest.raises(tracking.TrackingError) as failed, \
-                tracking.stage_run("train@m1", {"train": {"epochs": 2}}, experiment="gone") as run:
+        with pytest.raises(TrackingError) as failed, stage_run("train@m1") as run:
             run.log_metrics({"val_accuracy": 0.8}, step=1)
             servers.close()  # down, and not coming back
             run.log_metrics({"val_accuracy": 0.9}, step=2)

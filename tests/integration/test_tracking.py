@@ -1,3 +1,5 @@
+"""A stage's MLflow run in a real local store: params exactly as dvc.yaml lists them, tags, the pipeline's parent
+run, failures, and the models a stage registers."""
 import os
 import signal
 import time
@@ -6,21 +8,27 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from stages import tracking
-from stages.common import digest, flatten
+from fmnist.digest import digest
+from fmnist.tracking import lineage, registry
+from fmnist.tracking.run import HTTP_DEFAULTS, Terminated, stage_run
+from fmnist.tracking.store import TrackingError, tracking_uri
+
+
+def store(root: Path) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
 
 
 def test_local_store_is_anchored_at_dvc_root_not_cwd(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path / "repo"))
     monkeypatch.chdir(tmp_path)
-    assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'repo' / 'mlflow.db'}"
+    assert tracking_uri() == f"sqlite:///{tmp_path / 'repo' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://team:5000")
-    assert tracking.tracking_uri() == "http://team:5000"
+    assert tracking_uri() == "http://team:5000"
 
 
 def test_flatten_nests_and_indexes():
-    flat = flatten({"a": {"b": 1, "c": [1, 2]}, "m": [{"x": 1}, {"x": 2}], "s": "v"})
+    flat = lineage.flatten({"a": {"b": 1, "c": [1, 2]}, "m": [{"x": 1}, {"x": 2}], "s": "v"})
     assert flat == {"a.b": 1, "a.c": "[1, 2]", "m.0.x": 1, "m.1.x": 2, "s": "v"}
 
 
@@ -29,38 +37,53 @@ def test_params_hash_ignores_key_order_but_not_values():
     assert digest({"a": 1}) != digest({"a": 2})
 
 
-def test_stage_run_logs_params_metrics_and_tags(monkeypatch, tmp_path):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+def test_a_stage_run_records_exactly_the_params_dvc_yaml_lists_for_it(project, params_with, monkeypatch):
+    root = project(params_with())
     monkeypatch.setenv("DVC_EXP_NAME", "exp-one")
-    with tracking.stage_run("verify", {"verify": {"max_class_imbalance": 1.0}}, experiment="tiny") as run:
+    with stage_run("verify") as run:
         run.log_metrics({"train": {"count": 5}})
-    store = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    logged = store.get_run(run.run_id)
+    logged = store(root).get_run(run.run_id)
     assert logged.info.status == "FINISHED" and logged.info.run_name == "verify"
-    assert logged.data.params == {"verify.max_class_imbalance": "1.0"}
+    dataset, verify = params_with()["dataset"], params_with()["verify"]  # verify lists both sections
+    assert logged.data.params == {k: str(v) for k, v in lineage.flatten({"dataset": dataset, "verify": verify}).items()}
+    assert logged.data.params["dataset.files.train_labels.name"] == "train-labels-idx1-ubyte.gz"
     assert logged.data.metrics == {"train.count": 5.0}
     assert logged.data.tags["stage"] == "verify" and logged.data.tags["dvc_exp_name"] == "exp-one"
-    assert len(logged.data.tags["params_hash"]) == 16
-    assert logged.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
+    assert logged.data.tags["params_hash"] == digest({"dataset": dataset, "verify": verify})
+    assert logged.info.artifact_uri.startswith((root / "mlartifacts").as_uri())
+    assert store(root).get_experiment(logged.info.experiment_id).name == "tiny"  # dataset.name
 
 
-def test_a_channels_last_member_logs_quietly_and_loads_back_with_the_same_outputs(monkeypatch, tmp_path):
+def test_the_ensemble_stage_run_records_the_evaluate_key_that_shapes_its_metrics(project):
+    project()
+    with stage_run("ensemble") as run:
+        pass
+    params = mlflow.get_run(run.run_id).data.params
+    assert params["evaluate.ece_bins"] == "15" and "evaluate.mistakes" not in params  # exactly dvc.yaml's keys
+    assert params["members.m0.seed"] == "0" and params["train.threads"] == "0" and "train.epochs" not in params
+
+
+@pytest.mark.fault
+def test_a_stage_dvc_yaml_does_not_define_fails_naming_it(project):
+    project()
+    with pytest.raises(TrackingError, match=r"params dvc.yaml lists for stage 'nonesuch'.*not found"):
+        with stage_run("nonesuch"):
+            pass
+
+
+def test_a_channels_last_member_logs_quietly_and_loads_back_with_the_same_outputs(project):
     import warnings
 
     import numpy as np
     import torch
 
-    from stages import nets
+    from fmnist.model import nets
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    project()
     torch.manual_seed(0)
     model = nets.build("fast", 3, (28, 28)).to(memory_format=torch.channels_last).eval()  # as training leaves it
     example = np.random.default_rng(0).normal(size=(2, 1, 28, 28)).astype(np.float32)
-    with tracking.stage_run("train", {}, experiment="tiny") as run, warnings.catch_warnings(record=True) as seen:
+    with stage_run("train@m0") as run, warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         run.log_torch_model(model, example)
     assert not [w for w in seen if "complete tensor" in str(w.message)]
@@ -71,54 +94,45 @@ def test_a_channels_last_member_logs_quietly_and_loads_back_with_the_same_output
 
 
 @pytest.mark.fault
-def test_failing_stage_leaves_a_failed_run_and_a_failed_pipeline(monkeypatch, tmp_path):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    with pytest.raises(RuntimeError), tracking.stage_run("train", {}, experiment="tiny") as run:
+def test_failing_stage_leaves_a_failed_run_and_a_failed_pipeline(project):
+    root = project()
+    with pytest.raises(RuntimeError), stage_run("train@m0") as run:
         raise RuntimeError("boom")
-    store = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    child = store.get_run(run.run_id)
-    parent = store.get_run(child.data.tags["mlflow.parentRunId"])
+    child = store(root).get_run(run.run_id)
+    parent = store(root).get_run(child.data.tags["mlflow.parentRunId"])
     assert child.info.status == "FAILED" and parent.info.status == "FAILED"
-    assert parent.data.tags["lineage.train"] == f"failed {run.run_id}"
+    assert parent.data.tags["lineage.train/m0"] == f"failed {run.run_id}"
 
 
 @pytest.mark.fault
-def test_sigterm_ends_the_run_failed_instead_of_leaving_it_running(monkeypatch, tmp_path):
+def test_sigterm_ends_the_run_failed_instead_of_leaving_it_running(project):
     # torchrun stops the surviving workers with SIGTERM; Python's default would die without ending the run
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    with pytest.raises(tracking.Terminated) as stopped, tracking.stage_run("train", {}, experiment="tiny") as run:
+    root = project()
+    with pytest.raises(Terminated) as stopped, stage_run("train@m0") as run:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler raises before this ends
     assert stopped.value.code == 128 + signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler lives only as long as the run
-    store = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    child = store.get_run(run.run_id)
+    child = store(root).get_run(run.run_id)
     assert child.info.status == "FAILED"
-    assert store.get_run(child.data.tags["mlflow.parentRunId"]).info.status == "FAILED"
+    assert store(root).get_run(child.data.tags["mlflow.parentRunId"]).info.status == "FAILED"
 
 
-def test_stages_of_one_execution_share_a_parent_holding_params_dataset_and_metrics(monkeypatch, tmp_path):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text(
-        "dataset:\n  name: tiny\n  files: {train_images: {name: a.gz, sha256: abc}}\n"
-        "preprocess: {seed: 3}\n")
-    (tmp_path / "metrics").mkdir()
-    (tmp_path / "metrics" / "verify.json").write_text('{"train_count": 5, "ok": true}')
-    (tmp_path / "dvc.lock").write_text(
-        "schema: '2.0'\nstages:\n  verify:\n    outs:\n    - path: metrics/verify.json\n      md5: feed\n")
-    with tracking.stage_run("train@m0", {}, experiment="tiny") as first:
+def test_stages_of_one_execution_share_a_parent_holding_params_dataset_and_metrics(project, params_with):
+    params = params_with()
+    params["preprocess"]["seed"] = 3
+    root = project(params)
+    (root / "metrics").mkdir()
+    (root / "metrics" / "verify.json").write_text('{"train_count": 5, "ok": true}')
+    (root / "dvc.lock").write_text("schema: '2.0'\nstages:\n  verify:\n    cmd: python -m stages.verify\n    outs:\n"
+                                   "    - path: metrics/verify.json\n      hash: md5\n      md5: feed\n")
+    with stage_run("train@m0") as first:
         pass
-    with tracking.stage_run("train@m1", {}, experiment="tiny") as second:
+    with stage_run("train@m1") as second:
         pass
-    store = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    parents = {store.get_run(r.run_id).data.tags["mlflow.parentRunId"] for r in (first, second)}
+    parents = {store(root).get_run(r.run_id).data.tags["mlflow.parentRunId"] for r in (first, second)}
     assert len(parents) == 1  # one process, no DVC: one pipeline execution
-    parent = store.get_run(parents.pop())
+    parent = store(root).get_run(parents.pop())
     assert parent.info.status == "FINISHED" and parent.data.tags["stage"] == "pipeline"
     assert parent.data.params["preprocess.seed"] == "3"
     assert parent.data.tags["lineage.train/m0"] == f"ran {first.run_id}"
@@ -127,51 +141,54 @@ def test_stages_of_one_execution_share_a_parent_holding_params_dataset_and_metri
     assert parent.data.tags["lineage.verify"] == "cached (no run in this store wrote its outputs)"
     assert parent.data.metrics == {"verify/train_count": 5.0}
     (dataset,) = parent.inputs.dataset_inputs
-    assert dataset.dataset.name == "tiny" and dataset.dataset.digest == digest({"train_images": "abc"})
+    assert dataset.dataset.name == "tiny" and dataset.dataset.digest == digest(
+        {role: spec["sha256"] for role, spec in params["dataset"]["files"].items()})
 
 
 @pytest.mark.fault
-def test_unreachable_server_fails_fast_naming_the_uri(monkeypatch):
+def test_unreachable_server_fails_fast_naming_the_uri(project, monkeypatch):
+    project()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing listens
-    for name in tracking.HTTP_DEFAULTS:  # the stage's own bounds, not a test's
+    for name in HTTP_DEFAULTS:  # the stage's own bounds, not a test's
         monkeypatch.delenv(name, raising=False)
     started = time.monotonic()
-    with pytest.raises(tracking.TrackingError, match=r"(?s)http://127.0.0.1:9 is not usable.*MLFLOW_TRACKING_URI"):
-        with tracking.stage_run("verify", {}, experiment="tiny"):
+    with pytest.raises(TrackingError, match=r"(?s)http://127.0.0.1:9 is not usable.*MLFLOW_TRACKING_URI"):
+        with stage_run("verify"):
             pass
     assert time.monotonic() - started < 30
-    assert not set(tracking.HTTP_DEFAULTS) & set(os.environ)  # scoped to the run: a later one sees no user setting
+    assert not set(HTTP_DEFAULTS) & set(os.environ)  # scoped to the run: a later one sees no user setting
 
 
-def test_the_ensemble_is_logged_as_code_and_loads_without_unpickling(monkeypatch, tmp_path):
+def test_the_ensemble_is_logged_as_code_and_loads_without_unpickling(project, params_with, tmp_path):
     import warnings
 
     import numpy as np
     import yaml
 
+    from fmnist.files import save_torch
     from tests.conftest import tiny_ensemble
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    project(params_with())
     ensemble = tiny_ensemble()
     ensemble.temperatures = np.array([0.7])  # the served model applies the fitted temperatures
-    ensemble.save(tmp_path / "ensemble.pt")
+    save_torch(tmp_path / "ensemble.pt", ensemble.to_state())
     images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
-    with tracking.stage_run("evaluate", {}, experiment="tiny") as run, warnings.catch_warnings(record=True) as seen:
+    with stage_run("evaluate") as run, warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        verdict = run.log_ensemble_model(tmp_path / "ensemble.pt", images[:2], name="tiny-ensemble", gates=[],
-                                         metrics={}, metadata={"temperatures": {"m0": 0.7}})
+        verdict = run.log_ensemble_model(tmp_path / "ensemble.pt", images[:2], metrics={},
+                                         metadata={"temperatures": {"m0": 0.7}})
     assert not [w for w in seen if "pickle" in str(w.message).lower()], [str(w.message) for w in seen]
-    local = mlflow.artifacts.download_artifacts(f"runs:/{run.run_id}/ensemble", dst_path=str(tmp_path / "model"))
-    files = {p.relative_to(local).as_posix() for p in Path(local).rglob("*") if p.is_file()}
+    local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run.run_id}/ensemble", dst_path=str(tmp_path / "m")))
+    files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
     assert not [f for f in files if f.endswith((".pkl", ".pickle"))], files  # nothing cloudpickled
-    mlmodel = yaml.safe_load((Path(local) / "MLmodel").read_text())
+    code = sorted(f for f in files if f.startswith("code/"))
+    assert code and all(f.startswith(("code/fmnist/model/", "code/fmnist/serving/")) or f == "code/fmnist/__init__.py"
+                        for f in code), code  # the served code only: no stage, tool or tracking module
+    mlmodel = yaml.safe_load((local / "MLmodel").read_text())
     assert mlmodel["metadata"]["temperatures"] == {"m0": 0.7}
-    flavor = mlmodel["flavors"]["python_function"]
-    assert flavor["model_code_path"].endswith("ensemble_pyfunc.py")
-    requirements = (Path(local) / "requirements.txt").read_text().split()
-    assert set(requirements) >= set(tracking.locked_requirements(tracking.SERVING_PACKAGES))
+    assert mlmodel["flavors"]["python_function"]["model_code_path"].endswith("pyfunc.py")
+    requirements = (local / "requirements.txt").read_text().split()
+    assert set(requirements) >= set(registry.locked_requirements(registry.SERVING_PACKAGES))
     assert verdict == "tiny-ensemble version 1 is the first champion"
     loaded = mlflow.pyfunc.load_model("models:/tiny-ensemble@champion")
     frame = loaded.predict(images)
@@ -183,30 +200,29 @@ def test_the_ensemble_is_logged_as_code_and_loads_without_unpickling(monkeypatch
 def test_a_lock_without_a_pin_names_the_package_and_the_fix(tmp_path):
     lock = tmp_path / "requirements.lock"
     lock.write_text("numpy==2.0.0 \\\n    --hash=sha256:00\n")
-    assert tracking.locked_requirements(("numpy",), lock) == ["numpy==2.0.0"]
-    with pytest.raises(tracking.TrackingError, match=r"requirements.lock: no pin for torch.*make lock"):
-        tracking.locked_requirements(("numpy", "torch"), lock)
-    with pytest.raises(tracking.TrackingError, match=r"missing.lock: cannot read"):
-        tracking.locked_requirements(("numpy",), tmp_path / "missing.lock")
+    assert registry.locked_requirements(("numpy",), lock) == ["numpy==2.0.0"]
+    with pytest.raises(TrackingError, match=r"requirements.lock: no pin for torch.*make lock"):
+        registry.locked_requirements(("numpy", "torch"), lock)
+    with pytest.raises(TrackingError, match=r"missing.lock: cannot read"):
+        registry.locked_requirements(("numpy",), tmp_path / "missing.lock")
 
 
-def test_champion_moves_only_to_a_version_at_least_as_good_within_the_gates(monkeypatch, tmp_path):
-    from stages.config import Gate
+def test_champion_moves_only_to_a_version_at_least_as_good_within_the_gates(project, params_with):
+    from fmnist.params import Gate
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    root = project(params_with())
     gates = [Gate(metric="ensemble_accuracy", max_worsening=0.003), Gate(metric="ensemble_log_loss",
                                                                          max_worsening=0.01)]
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = store(root)
     verdicts = []
     for accuracy, loss in ((0.940, 0.30), (0.945, 0.29), (0.943, 0.295), (0.930, 0.29), (0.944, 0.32)):
         metrics = {"ensemble_accuracy": accuracy, "ensemble_log_loss": loss}
-        with tracking.stage_run("evaluate", {}, experiment="tiny") as run:
+        with stage_run("evaluate") as run:
             run.log_metrics(metrics)
         if not client.search_registered_models():
             client.create_registered_model("tiny-ensemble")
         version = client.create_model_version("tiny-ensemble", f"runs:/{run.run_id}/ensemble", run.run_id).version
-        verdicts.append(tracking.promote(client, "tiny-ensemble", version, metrics, gates))
+        verdicts.append(registry.promote(client, "tiny-ensemble", version, metrics, gates))
     assert verdicts[0] == "tiny-ensemble version 1 is the first champion"
     assert verdicts[1].startswith("tiny-ensemble version 2 is the champion, replacing version 1")
     assert verdicts[2].startswith("tiny-ensemble version 3 is the champion")  # 0.2 points worse: within 0.3
@@ -218,9 +234,8 @@ def test_champion_moves_only_to_a_version_at_least_as_good_within_the_gates(monk
 
 
 @pytest.mark.fault
-def test_a_registered_model_that_is_not_there_names_the_uri_and_the_store(monkeypatch, tmp_path):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    with pytest.raises(tracking.TrackingError, match=r"cannot fetch models:/nothing@champion from the tracking "
-                                                     r"store sqlite:///(?s:.*)mlflow.db(?s:.*)dvc repro"):
-        tracking.registered_ensemble_file("models:/nothing@champion")
+def test_a_registered_model_that_is_not_there_names_the_uri_and_the_store(project):
+    project()
+    with pytest.raises(TrackingError, match=r"cannot fetch models:/nothing@champion from the tracking "
+                                            r"store sqlite:///(?s:.*)mlflow.db(?s:.*)dvc repro"):
+        registry.registered_ensemble_file("models:/nothing@champion")

@@ -1,0 +1,159 @@
+"""A team on the real pipeline (CI profile): a DVC remote on moto's S3 server that a teammate pulls from instead
+of retraining, and one MLflow server on PostgreSQL with artifacts proxied to S3, both on this machine."""
+import json
+
+import mlflow
+import numpy as np
+import pytest
+
+from tests import mlflow_server
+from tests.conftest import clone, commit_all
+from tests.e2e.repos import cached_outputs, ran, set_param, sh, wait_for_queue
+from tests.services import S3_CREDENTIALS, bucket_keys, create_bucket, postgres_rows, s3_checking_keys
+
+STAGES = ["baselines", "download", "ensemble", "evaluate", "preprocess", "train@m0", "train@m1", "verify",
+          "visualize"]
+
+
+@pytest.fixture(scope="module")
+def s3_remote(s3_endpoint) -> str:
+    """The session's S3 server with an empty bucket 'team', its credentials in this module's environment."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in S3_CREDENTIALS.items():
+            patch.setenv(key, value)
+        create_bucket(s3_endpoint, "team")
+        yield s3_endpoint
+
+
+def add_remote(repo, endpoint: str, prefix: str) -> None:
+    """The team's DVC remote, committed (its address; never its keys)."""
+    sh(repo, "dvc", "remote", "add", "-d", "team", f"s3://team/{prefix}")
+    sh(repo, "dvc", "remote", "modify", "team", "endpointurl", endpoint)
+    commit_all(repo, "team remote")
+
+
+def test_a_teammate_pulls_results_and_the_run_cache_instead_of_retraining(repo, s3_remote, tmp_path):
+    add_remote(repo, s3_remote, "pulls")
+    sh(repo, "fmnist", "share", "push")
+    teammate = clone(repo, tmp_path / "teammate")
+    sh(teammate, "fmnist", "share", "pull")
+    assert "up to date" in sh(teammate, "dvc", "status")
+    assert "✅ Every output `dvc.lock` names was pulled from `team`" in sh(teammate, ".github/check-artifacts.sh")
+    assert ran(sh(teammate, "dvc", "repro")) == []
+    predict = ("fmnist", "predict", "models/ensemble.pt", "data/raw/t10k-images-idx3-ubyte.gz", "--limit", "50")
+    predictions = sh(teammate, *predict)
+    assert predictions == sh(repo, *predict) and predictions.count("\n") == 50
+
+    set_param(teammate, "evaluate", "mistakes", 16)  # a change reruns exactly the stage that reads it
+    assert ran(sh(teammate, "dvc", "repro")) == ["evaluate"]
+    set_param(teammate, "evaluate", "mistakes", 36)  # back to what was pushed: restored from the run-cache
+    restored = sh(teammate, "dvc", "repro")
+    assert ran(restored) == [] and "Stage 'evaluate' is cached - skipping run" in restored, restored
+    assert "up to date" in sh(teammate, "dvc", "status")
+    assert cached_outputs(teammate) == cached_outputs(repo)
+
+
+@pytest.fixture(scope="module")
+def team_server(postgres, s3_remote) -> str:
+    """One MLflow server for the team: runs in PostgreSQL, artifacts proxied to the S3 bucket 'team-mlflow'."""
+    create_bucket(s3_remote, "team-mlflow")
+    with mlflow_server.local_server(postgres, artifacts_destination="s3://team-mlflow/artifacts",
+                                    env={**S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_remote}) as base:
+        yield base
+
+
+def test_a_forced_rerun_against_one_team_server_reproduces_every_output_and_a_teammate_sweeps_into_it(
+        repo, s3_remote, team_server, postgres, tmp_path):
+    # MLflow clients hold no S3 keys: the server proxies artifacts. DVC's push and pull use them.
+    tracked = {"MLFLOW_TRACKING_URI": team_server, **{key: None for key in S3_CREDENTIALS}}
+    client = mlflow.MlflowClient(team_server)
+    add_remote(repo, s3_remote, "team")
+    prepared = cached_outputs(repo)
+    # Clone A reruns the whole CI profile against the team server: forced, so that every stage logs a run there.
+    clone_a = clone(repo, tmp_path / "a")
+    stages = ran(sh(clone_a, "dvc", "repro", "-f", env=tracked))
+    assert sorted(stages) == STAGES
+    # Same commit, same params: every cached output has the bytes of the prepared run, which logged to SQLite
+    changed = {path: (md5, cached_outputs(clone_a)[path]) for path, md5 in prepared.items()
+               if cached_outputs(clone_a)[path] != md5}
+    assert not changed, f"same commit, same params, different bytes: {changed}"
+    assert set(prepared) == {"data/raw", "data/processed/train", "data/processed/test", "models/members/m0.pt",
+                             "models/members/m1.pt", "models/ensemble.pt"}
+    commit_all(clone_a, "results")
+    sh(clone_a, "fmnist", "share", "push")
+    experiment = client.get_experiment_by_name("fashion-mnist")
+    (pipeline_a,) = client.search_runs([experiment.experiment_id], "tags.stage = 'pipeline'")
+    made_by_a = {r.info.run_name: r for r in client.search_runs(
+        [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{pipeline_a.info.run_id}'")}
+    assert sorted(made_by_a) == STAGES
+    assert {r.info.status for r in made_by_a.values()} == {"FINISHED"} and pipeline_a.info.status == "FINISHED"
+    assert {k: v.split()[0] for k, v in pipeline_a.data.tags.items() if k.startswith("lineage.")} == {
+        f"lineage.{stage.replace('@', '/')}": "ran" for stage in STAGES}
+    stored = dict(postgres_rows(postgres, "select r.run_uuid, r.status from runs r join experiments e on "
+                                          "r.experiment_id = e.experiment_id where e.name = 'fashion-mnist'"))
+    assert {r.info.run_id for r in made_by_a.values()} | {pipeline_a.info.run_id} <= set(stored)  # in PostgreSQL
+    keys = bucket_keys(s3_remote, "team-mlflow")
+    evaluate_id = made_by_a["evaluate"].info.run_id
+    assert any(evaluate_id in k and k.endswith("evaluation/confusion_matrix.png") for k in keys), keys[:20]
+    assert sum(k.endswith("/MLmodel") for k in keys) == 3, keys  # two members and the ensemble (logged models)
+
+    # Clone B, fresh: pulls instead of training, then sweeps two experiments at once into the same server.
+    clone_b = clone(clone_a, tmp_path / "b")
+    sh(clone_b, "fmnist", "share", "pull")
+    assert ran(sh(clone_b, "dvc", "repro", env=tracked)) == []
+    for mistakes in (16, 25):
+        sh(clone_b, "dvc", "exp", "run", "--queue", "-n", f"mistakes-{mistakes}", "-S", f"evaluate.mistakes={mistakes}")
+    sh(clone_b, "dvc", "queue", "start", "-j", "2", env=tracked)
+    status = wait_for_queue(clone_b)
+    assert status.count("Success") == 2, status
+    swept = {r.data.tags["dvc_exp_name"]: r for r in client.search_runs(
+        [experiment.experiment_id], "tags.stage = 'pipeline' and tags.dvc_exp_name LIKE 'mistakes-%'")}
+    assert sorted(swept) == ["mistakes-16", "mistakes-25"]  # no run lost to the concurrency
+    for pipeline in swept.values():
+        children = client.search_runs([experiment.experiment_id],
+                                      f"tags.`mlflow.parentRunId` = '{pipeline.info.run_id}'")
+        assert [(r.info.run_name, r.info.status) for r in children] == [("evaluate", "FINISHED")]
+        assert pipeline.info.status == "FINISHED"
+        # B's rows point what it reused at the runs A made, in the shared server
+        for stage in ("download", "verify", "preprocess", "train@m0", "train@m1", "ensemble", "baselines"):
+            key = "lineage." + stage.replace("@", "/")
+            assert pipeline.data.tags[key] == f"cached {made_by_a[stage].info.run_id}", key
+        assert pipeline.data.metrics["evaluate/ensemble_accuracy"] == pytest.approx(
+            pipeline_a.data.metrics["evaluate/ensemble_accuracy"])
+    assert postgres_rows(postgres, "select count(*) from runs where status != 'FINISHED' and experiment_id = %s",
+                         int(experiment.experiment_id)) == [(0,)]
+
+    # The champion, served from the team server by MLflow's own CLI, without S3 keys: it agrees with evaluate.
+    images = np.load(clone_b / "data/processed/test/images.npy")[:5]
+    (tmp_path / "input.json").write_text(json.dumps({"inputs": images.tolist()}))
+    served = sh(clone_b, "mlflow", "models", "predict", "-m", "models:/fashion-mnist-ensemble@champion",
+                "-i", str(tmp_path / "input.json"), "-t", "json", "--env-manager", "local", env=tracked)
+    classes = [row["class"] for row in json.loads(served[served.index("{"):served.rindex("}") + 1])["predictions"]]
+    rows = (clone_b / "metrics/evaluate/predictions.csv").read_text().splitlines()[1:6]  # actual,predicted
+    assert classes == [line.split(",")[1] for line in rows]
+    assert len(client.search_model_versions("name = 'fashion-mnist-ensemble'")) == 3  # A's and the sweep's two
+
+
+@pytest.mark.fault
+def test_a_remote_that_is_down_or_refuses_fails_naming_it_and_changes_nothing(repo, s3_remote, tmp_path):
+    add_remote(repo, s3_remote, "down")
+    teammate = clone(repo, tmp_path / "teammate")
+    before = sorted(p.name for p in teammate.iterdir())
+    sh(teammate, "dvc", "remote", "modify", "--local", "team", "endpointurl", "http://127.0.0.1:9")
+    down = sh(teammate, "fmnist", "share", "pull", check=False)
+    assert "pull from DVC remote s3://team/down (endpoint http://127.0.0.1:9) failed" in down
+    assert "To fix: start the server" in down and "Traceback" not in down
+    sh(teammate, "dvc", "remote", "modify", "--local", "team", "endpointurl", s3_remote)
+    with s3_checking_keys(s3_remote):
+        denied = sh(teammate, "fmnist", "share", "pull", check=False)
+    assert "pull from DVC remote s3://team/down" in denied and "Forbidden" in denied, denied
+    assert "To fix: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in denied and "Traceback" not in denied
+    sh(teammate, "dvc", "remote", "modify", "--local", "team", "url", "s3://no-such-bucket/dvc")
+    missing = sh(teammate, "fmnist", "share", "pull", check=False)
+    assert "pull from DVC remote s3://no-such-bucket/dvc" in missing and "To fix:" in missing, missing
+    sh(teammate, "dvc", "remote", "modify", "--local", "team", "url", "s3://team/nothing-pushed-here")
+    report = sh(teammate, ".github/check-artifacts.sh", check=False)  # the PR report's artifact check
+    assert "❌" in report and "have no pushed" in report, report
+    assert "outputs this commit's dvc.lock names are missing there: " in report and "models/ensemble.pt" in report
+    assert sorted(p.name for p in teammate.iterdir()) == before
+    assert not (teammate / "models/ensemble.pt").exists() and not (teammate / "data/raw").exists()
