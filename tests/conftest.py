@@ -144,6 +144,15 @@ def tiny_ensemble(classes=("a", "b", "c")):
     return Ensemble([model], [state], "soft", np.ones(1), False, list(classes), (28, 28))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def prepared_pipeline_in_the_background(request, tmp_path_factory):
+    """When e2e tests are selected, their one pipeline run starts now, beside the unit and integration tiers."""
+    if any(item.get_closest_marker("e2e") for item in request.session.items):
+        from tests.e2e import prepared
+
+        prepared.start(prepared.shared_dir(tmp_path_factory))
+
+
 @pytest.fixture(autouse=True)
 def forget_mlflow_tracking_uri():
     """mlflow.set_tracking_uri (called by stages run in-process) keeps a global and exports
@@ -169,6 +178,26 @@ def params_with(tiny_dataset):
         params.update(overrides)
         return params
     return build
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each worker and what it starts (stages, torchrun, servers) keeps to its own share of the
+    cores: the stages take every core they may use (train.threads: 0), and two workers each running torch on
+    every core slow each other down several times over."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if worker and count and hasattr(os, "sched_setaffinity"):
+        cores = sorted(os.sched_getaffinity(0))
+        os.environ["FMNIST_TEST_CORES"] = ",".join(map(str, cores))  # for what needs them all (tests/e2e)
+        share = cores[int(worker.removeprefix("gw")) % len(cores)::int(count)]
+        os.sched_setaffinity(0, share or cores)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test carries the marker of its tier, the folder it is in."""
+    for item in items:
+        tier = item.path.relative_to(ROOT / "tests").parts[0]
+        if tier in ("unit", "integration", "e2e"):
+            item.add_marker(tier)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -1,5 +1,6 @@
 """The real pipeline on the real data in the CI profile: what one `dvc repro` leaves (outputs, MLflow runs and
 their lineage), what reruns when something changes, sweeps, the registered model, and a kill mid-training."""
+import hashlib
 import json
 import os
 import signal
@@ -11,8 +12,8 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import commit_all, real_params, subprocess_env
-from tests.e2e.repos import (all_runs, children, client, pipelines, ran, runs, set_param, sh,
+from tests.conftest import real_params, subprocess_env
+from tests.e2e.repos import (all_runs, cached_outputs, children, client, pipelines, ran, runs, set_param, sh,
                              wait_for_queue)
 
 STAGES = ["download", "verify", "preprocess", "train@m0", "train@m1", "ensemble", "evaluate", "baselines",
@@ -174,35 +175,23 @@ def test_the_registered_model_and_the_predict_command_agree_on_a_png(repo, tmp_p
         assert mlflow.models.get_model_info(f"runs:/{member.info.run_id}/model").signature is not None
 
 
-def state_dict(path) -> dict:
-    return torch.load(path, weights_only=True)["state_dict"]
-
-
 @pytest.mark.fault
-def test_sigkill_mid_training_leaves_nothing_to_cache_and_the_rerun_resumes_to_identical_weights(repo):
-    set_param(repo, "train", "epochs", 3)  # long enough to be killed mid-run
-    commit_all(repo, "3 epochs")
+def test_sigkill_mid_training_leaves_nothing_to_cache_and_the_rerun_resumes_to_identical_bytes(repo):
+    uninterrupted = cached_outputs(repo)["models/members/m0.pt"]  # the prepared run's, same commit and params
     resume = repo / "models/.resume/m0.pt"
-    killed = subprocess.Popen(["dvc", "repro", "train@m0"], cwd=repo, env=subprocess_env(),
+    killed = subprocess.Popen(["dvc", "repro", "-f", "-s", "train@m0"], cwd=repo, env=subprocess_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
     while not resume.exists():  # the first epoch's checkpoint: training is under way
         assert killed.poll() is None and time.monotonic() < deadline, "training ended before it could be killed"
         time.sleep(0.05)
-    time.sleep(0.5)
     os.killpg(killed.pid, signal.SIGKILL)  # dvc and the stage, with no chance to clean up
     killed.wait()
-    # DVC removed the stage's outputs before running it, and the stage renames new ones into place only when complete
+    # DVC removed the stage's outputs before running it; the stage renames new ones into place only when complete
     assert not (repo / "models/members/m0.pt").exists() and not (repo / "metrics/train/m0.json").exists()
     assert [p.name for p in (repo / "models/members").iterdir() if p.name.endswith(".tmp")] == []  # no temp file
     assert "train@m0" in sh(repo, "dvc", "status", "train@m0")  # DVC sees the stage as not done
     resumed = sh(repo, "dvc", "repro", "train@m0")
     assert "resuming from" in resumed and not resume.exists()
-    after_kill = state_dict(repo / "models/members/m0.pt")
-    metrics_after_kill = json.loads((repo / "metrics/train/m0.json").read_text())
-    assert ran(sh(repo, "dvc", "repro", "-f", "-s", "train@m0")) == ["train@m0"]  # uninterrupted, from scratch
-    uninterrupted = state_dict(repo / "models/members/m0.pt")
-    assert all(torch.equal(after_kill[k], uninterrupted[k]) for k in uninterrupted)
-    metrics = json.loads((repo / "metrics/train/m0.json").read_text())
-    for key in ("best_epoch", "val_loss", "val_accuracy"):  # `dvc repro -f` on the CPU reproduces the metrics
-        assert metrics[key] == metrics_after_kill[key], key
+    assert hashlib.md5((repo / "models/members/m0.pt").read_bytes()).hexdigest() == uninterrupted
+    assert cached_outputs(repo)["models/members/m0.pt"] == uninterrupted

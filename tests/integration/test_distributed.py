@@ -17,7 +17,9 @@ import yaml
 from fmnist.training.distributed import threads_per_process
 from tests.conftest import ROOT, block_images, real_params, subprocess_env, write_idx_files
 
-EPOCHS = 6
+# One xdist worker runs this module, so its module fixtures (a prepared project, one uninterrupted run) run once.
+pytestmark = pytest.mark.xdist_group("ddp")
+EPOCHS = 4
 TRAIN = [sys.executable, "-m", "stages.train", "--member", "m0", "--data", "processed/train", "--model", "m0.pt",
          "--metrics", "m0.json", "--history", "m0.csv", "--resume", "resume/m0.pt"]
 
@@ -35,11 +37,16 @@ def prepared(tmp_path_factory) -> Path:
     """A project with processed data and params for 2 training processes; copied by each test."""
     from dvc.repo import Repo
 
+    from fmnist.data.arrays import save_arrays
+    from fmnist.data.splits import preprocess
+    from fmnist.params import parse_params
+
     project = tmp_path_factory.mktemp("ddp")
-    arrays = dict(zip(("train_images", "train_labels"), block_images(2000, 0)))
-    arrays.update(zip(("test_images", "test_labels"), block_images(100, 1)))
+    images, labels = block_images(2000, 0)
     params = real_params()
-    params["dataset"] = write_idx_files(project / "mirror", arrays, [f"c{i}" for i in range(10)])
+    params["dataset"] = write_idx_files(project / "mirror", {
+        "train_images": images, "train_labels": labels, "test_images": images[:100], "test_labels": labels[:100]},
+        [f"c{i}" for i in range(10)])
     params["preprocess"]["n_splits"] = 1
     params["members"] = {"m0": {"seed": 0, "split": 0}}
     params["train"].update({"epochs": EPOCHS, "batch_size": 64, "processes": 2,
@@ -47,12 +54,7 @@ def prepared(tmp_path_factory) -> Path:
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copy(ROOT / "dvc.yaml", project / "dvc.yaml")  # the stages' MLflow params are those it lists
     Repo.init(str(project), no_scm=True)
-    for cmd in (["stages.download", "--out", "raw", "--partial", "partial"],
-                ["stages.preprocess", "--raw", "raw", "--out", "processed", "--metrics", "p.json"]):
-        done = run(project, sys.executable, "-m", *cmd)
-        assert done.returncode == 0, done.stderr
-    (project / "mlflow.db").unlink()  # each test counts its own runs
-    shutil.rmtree(project / "mlartifacts", ignore_errors=True)
+    save_arrays(project / "processed/train", preprocess(images, labels, parse_params(params).preprocess))
     return project
 
 

@@ -1,14 +1,17 @@
 """`mlflow server` on the project's store serves what the stages logged, through MLflow's REST API."""
 import contextlib
 import json
+import shutil
 import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fmnist.tracking.run import stage_run
 from fmnist.tracking.store import TrackingError
 from tests import mlflow_server
+from tests.conftest import ROOT
 from tests.services import S3_CREDENTIALS, bucket_keys, create_bucket, postgres_rows
 
 
@@ -23,13 +26,29 @@ def post(url: str, body: dict) -> dict:
         return json.loads(response.read())
 
 
-@pytest.fixture
-def server(project, params_with, tmp_path):
-    project(params_with())
-    for stage in ("verify", "preprocess"):
-        with stage_run(stage) as run:
-            run.log_metrics({"count": 60000})
-    with mlflow_server.local_server(f"sqlite:///{tmp_path / 'mlflow.db'}") as base:
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`mlflow server` on the store of a project in which two stages ran (one server for the module's tests)."""
+    import mlflow
+    from dvc.repo import Repo
+
+    from tests.conftest import real_params, write_dataset
+
+    root = tmp_path_factory.mktemp("served")
+    params = {**real_params(), "dataset": write_dataset(root / "mirror")}
+    Repo.init(str(root), no_scm=True)
+    shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.setenv("DVC_ROOT", str(root))
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "DVC_EXP_NAME"):
+            patch.delenv(name, raising=False)
+        for stage in ("verify", "preprocess"):
+            with stage_run(stage) as run:
+                run.log_metrics({"count": 60000})
+        mlflow.set_tracking_uri(None)
+    with mlflow_server.local_server(f"sqlite:///{root / 'mlflow.db'}") as base:
         yield base
 
 
