@@ -192,12 +192,21 @@ def pytest_configure(config: pytest.Config) -> None:
         os.sched_setaffinity(0, share or cores)
 
 
+# The longest tests, first in their tier: pytest-xdist hands tests out in this order, so the last minutes of a run
+# are not one worker finishing a long test while the other has nothing left.
+LONGEST_FIRST = ("tests/e2e/test_team.py", "tests/integration/test_mlflow_server.py")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-random-order's, which reorders after this when asked to
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Each test carries the marker of its tier, the folder it is in."""
+    """Each test carries the marker of its tier, the folder it is in; the longest come first in their tier."""
     for item in items:
         tier = item.path.relative_to(ROOT / "tests").parts[0]
         if tier in ("unit", "integration", "e2e"):
             item.add_marker(tier)
+    tiers = ("unit", "integration", "e2e")
+    items.sort(key=lambda item: (tiers.index(tier) if (tier := item.path.relative_to(ROOT / "tests").parts[0])
+                                 in tiers else -1, item.path.relative_to(ROOT).as_posix() not in LONGEST_FIRST))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

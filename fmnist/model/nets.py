@@ -36,10 +36,9 @@ def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
 
 class FastVGG(nn.Module):
     """Low-FLOP VGG-style net for CPUs: stages of 3x3 conv-BN-ReLU, each followed by 2x2 max-pool; global max-pool
-    and a linear head. `stages` lists each stage's conv widths; most FLOPs sit at 14x14 and 7x7."""
+    and a linear head. `stages` lists each stage's conv widths; most FLOPs sit at 14x14 and 7x7. The default widths
+    won against wider and narrower ones on a 2-core CPU (docs/fast-net-search.md)."""
 
-    # Measured on 2 cores (bf16, channels-last, split 0, 20 epochs): 24/48,48/96,96 ran 3,300 img/s to 93.5% test
-    # accuracy; 32/64/128,128 ran 3,000 img/s to 93.3%; 32/64/128 ran 4,400 img/s to 92.4%.
     def __init__(self, n_classes: int, stages: tuple[tuple[int, ...], ...] = ((24,), (48, 48), (96, 96))):
         super().__init__()
         layers: list[nn.Module] = []
