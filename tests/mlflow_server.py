@@ -15,6 +15,10 @@ from pathlib import Path
 
 from fmnist.tracking.store import TrackingError
 
+# MLflow 3's server starts a job runner (several huey worker processes, each importing mlflow: about 35 s of CPU
+# per start on 2 cores) for UI features that neither the tests nor the pipeline use.
+NO_JOB_RUNNER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
 
 @contextlib.contextmanager
 def local_server(store_uri: str, artifacts_destination: str | None = None, env: dict[str, str] | None = None,
@@ -31,7 +35,8 @@ def local_server(store_uri: str, artifacts_destination: str | None = None, env: 
         [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", store_uri, "--workers", "1",
          *(["--artifacts-destination", artifacts_destination] if artifacts_destination else [])],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, env={**os.environ, **(env or {})})
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        env={**os.environ, **NO_JOB_RUNNER, **(env or {})})
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + startup_s
     try:

@@ -37,21 +37,47 @@ class Terminated(SystemExit):
         super().__init__(128 + signum)
 
 
-@contextlib.contextmanager
-def _unwind_on_sigterm() -> Iterator[None]:
-    def terminate(signum: int, _frame: object) -> None:
+class _SigtermGuard:
+    """SIGTERM raises Terminated once, while the stage works. Once the stage is unwinding (from that exception or
+    another: a DDP peer's death reaches rank 0 as gloo's error and torchrun's SIGTERM together), a SIGTERM waits
+    until the run's final status is written, then stops the stage; raised in the middle of MLflow's end_run, it
+    would leave the run RUNNING for ever."""
+
+    def __init__(self) -> None:
+        self.armed = True
+        self.deferred: int | None = None
+
+    def handle(self, signum: int, _frame: object) -> None:
+        if not self.armed:
+            log.warning("%s received while the MLflow run is being closed; stopping once it is",
+                        signal.Signals(signum).name)
+            self.deferred = signum
+            return
+        self.armed = False
         log.error("stopped by %s; the MLflow run ends FAILED and no output is left half-written",
                   signal.Signals(signum).name)
         raise Terminated(signum)
 
+    def __enter__(self) -> _SigtermGuard:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.armed = False
+
+
+@contextlib.contextmanager
+def _unwind_on_sigterm() -> Iterator[_SigtermGuard]:
+    guard = _SigtermGuard()
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
+        yield guard
         return
-    previous = signal.signal(signal.SIGTERM, terminate)
+    previous = signal.signal(signal.SIGTERM, guard.handle)
     try:
-        yield
+        yield guard
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if guard.deferred is not None:  # reached only when nothing else is propagating
+        raise Terminated(guard.deferred)
 
 
 @contextlib.contextmanager
@@ -159,21 +185,24 @@ def _tracked(stage: str, params: Mapping[str, Any], chosen_by_user: set[str]) ->
             lineage.update_pipeline(client, experiment, parent_id, stage, run.info.run_id, produced, status)
 
     try:
-        with _environment(HTTP_MID_RUN, keep=chosen_by_user):
-            with _unwind_on_sigterm(), run:
-                mlflow.log_params(lineage.flatten(params))
-                log.info("MLflow run %s (%s) in %s", run.info.run_id, stage, uri)
-                yield StageRun(run.info.run_id)
-                # The md5s dvc.lock will record for this stage's outputs: how a later pipeline that skips this
-                # stage finds this run as the producer of what it reuses.
-                produced = lineage.output_hashes(lineage.stage_outputs(stage))
-                mlflow.set_tag("dvc_outs", " ".join(f"{path}={md5}" for path, md5 in produced.items()))
-                status = "FINISHED"
-            record_in_pipeline()
-    except BaseException as exc:
-        if status == "FAILED":  # record the failure in the pipeline row, if the store allows it
-            with contextlib.suppress(Exception):
+        with _environment(HTTP_MID_RUN, keep=chosen_by_user), _unwind_on_sigterm() as sigterm:
+            try:
+                with run, sigterm:  # sigterm's exit disarms it before the run's exit writes its status
+                    mlflow.log_params(lineage.flatten(params))
+                    log.info("MLflow run %s (%s) in %s", run.info.run_id, stage, uri)
+                    yield StageRun(run.info.run_id)
+                    # The md5s dvc.lock will record for this stage's outputs: how a later pipeline that skips
+                    # this stage finds this run as the producer of what it reuses.
+                    produced = lineage.output_hashes(lineage.stage_outputs(stage))
+                    mlflow.set_tag("dvc_outs", " ".join(f"{path}={md5}" for path, md5 in produced.items()))
+                    status = "FINISHED"
                 record_in_pipeline()
+            except BaseException:
+                if status == "FAILED":  # record the failure in the pipeline row, if the store allows it
+                    with contextlib.suppress(Exception):
+                        record_in_pipeline()
+                raise
+    except BaseException as exc:
         if isinstance(exc, (MlflowException, requests.RequestException)):
             raise TrackingError(
                 f"MLflow tracking store {uri} failed during stage {stage} (run {run.info.run_id}): {exc}\n"

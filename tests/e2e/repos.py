@@ -89,10 +89,11 @@ def cached_outputs(repo: Path) -> dict[str, str]:
 
 
 def wait_for_queue(repo: Path, timeout_s: float = 400) -> str:
-    """`dvc queue status` once nothing is queued or running (or at the deadline)."""
+    """`dvc queue status` once nothing is queued or running (or at the deadline). Every few seconds: each `dvc`
+    call costs seconds of CPU, taken from the experiments it waits for."""
     deadline = time.monotonic() + timeout_s
     while True:
+        time.sleep(5)
         status = sh(repo, "dvc", "queue", "status")
         if ("Queued" not in status and "Running" not in status) or time.monotonic() > deadline:
             return status
-        time.sleep(2)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from mlflow.tracking import fluent
 
 from fmnist.digest import digest
 from fmnist.tracking import lineage, registry
@@ -116,6 +117,43 @@ def test_sigterm_ends_the_run_failed_instead_of_leaving_it_running(project):
     child = store(root).get_run(run.run_id)
     assert child.info.status == "FAILED"
     assert store(root).get_run(child.data.tags["mlflow.parentRunId"]).info.status == "FAILED"
+
+
+def sigterm_when_the_stage_run_ends(monkeypatch, stage_run_id: list[str]) -> None:
+    """SIGTERM delivered while MLflow writes the stage run's final status: what rank 0 of a DDP stage gets when a
+    peer dies, gloo's error first and torchrun's SIGTERM a moment later."""
+    end_run = fluent.end_run
+
+    def interrupted(*args, **kwargs):
+        if mlflow.active_run().info.run_id in stage_run_id:  # not the pipeline's parent run
+            os.kill(os.getpid(), signal.SIGTERM)
+        return end_run(*args, **kwargs)
+
+    monkeypatch.setattr(fluent, "end_run", interrupted)  # what the run's context manager calls
+
+
+@pytest.mark.fault
+def test_a_sigterm_during_a_failed_runs_closing_cannot_leave_it_running(project, monkeypatch):
+    root = project()
+    ending: list[str] = []
+    sigterm_when_the_stage_run_ends(monkeypatch, ending)
+    with pytest.raises(RuntimeError, match="peer died"), stage_run("train@m0") as run:
+        ending.append(run.run_id)
+        raise RuntimeError("peer died")  # the first failure is the one reported
+    child = store(root).get_run(run.run_id)
+    assert child.info.status == "FAILED"
+    assert store(root).get_run(child.data.tags["mlflow.parentRunId"]).info.status == "FAILED"
+
+
+@pytest.mark.fault
+def test_a_sigterm_during_a_finished_runs_closing_stops_the_stage_after_it(project, monkeypatch):
+    root = project()
+    ending: list[str] = []
+    sigterm_when_the_stage_run_ends(monkeypatch, ending)
+    with pytest.raises(Terminated), stage_run("train@m0") as run:
+        ending.append(run.run_id)
+    assert store(root).get_run(run.run_id).info.status == "FINISHED"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_stages_of_one_execution_share_a_parent_holding_params_dataset_and_metrics(project, params_with):
