@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fmnist.evaluation.classifiers import SKLEARN_CLASSIFIERS
+from fmnist.redaction import has_credentials, redact
 
 PARAMS_FILE = "params.yaml"
 
@@ -41,6 +42,17 @@ class DatasetFiles(Section):
 class Mirror(Section):
     location: str = Field(min_length=1, description="http(s) URL or local directory holding the four files")
     original_gz: bool = Field(description="serves the release's own .gz bytes, so the published MD5 applies")
+
+    @field_validator("location")
+    @classmethod
+    def _no_credentials(cls, location: str) -> str:
+        # params.yaml is committed, and its values go into MLflow params and data/raw/manifest.json.
+        if has_credentials(location):
+            raise ValueError(f"{redact(location)} holds credentials (user:password@): keep the URL without them "
+                             "and put them in ~/.netrc (or the file the NETRC environment variable names) as "
+                             "`machine <host> login <user> password <password>`; the download sends them to that "
+                             "host only")
+        return location
 
 
 class Dataset(Section):
@@ -196,7 +208,7 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{key}: unknown key (a typo? allowed keys are listed in fmnist/params.py)"
     if error["type"] == "missing":
         return f"{key}: missing"
-    return f"{key}: {message} (got {error.get('input')!r})"
+    return f"{key}: {message} (got {redact(repr(error.get('input')))})"
 
 
 def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:

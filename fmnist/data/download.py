@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import netrc
+import os
 import re
 import shutil
 from pathlib import Path
@@ -33,6 +35,23 @@ def is_url(location: str) -> bool:
     return urlparse(location).scheme in ("http", "https")
 
 
+def netrc_headers(url: str) -> dict[str, str]:
+    """Basic-auth headers for `url`'s host from ~/.netrc (or $NETRC), the way curl and pip find a mirror's
+    credentials; none when the file or the host's entry is missing. Never from params.yaml, which is committed."""
+    host = urlparse(url).hostname
+    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc")
+    if not host or not path.is_file():
+        return {}
+    try:
+        entry = netrc.netrc(path).authenticators(host)
+    except (netrc.NetrcParseError, OSError) as exc:
+        raise DownloadError(f"cannot read {path}: {exc}") from None
+    if entry is None:
+        return {}
+    login, _account, password = entry
+    return urllib3.make_headers(basic_auth=f"{login}:{password or ''}")
+
+
 def retry_policy(cfg: Download) -> Retry:
     """cfg.retries attempts in all per URL, whatever fails (connecting, reading, a retriable status, a connection
     dropped mid-file), with waits of backoff_s x 2^n between them (urllib3 makes the first retry at once)."""
@@ -56,7 +75,7 @@ def fetch_http(url: str, dest: Path, partial_dir: Path, cfg: Download,
     timeout = Timeout(connect=cfg.timeout_s, read=cfg.timeout_s)
     while True:
         have = partial.stat().st_size if partial.exists() else 0
-        headers = {"Range": f"bytes={have}-"} if have else {}
+        headers = {**netrc_headers(url), **({"Range": f"bytes={have}-"} if have else {})}
         try:
             response = pool.request("GET", url, headers=headers, retries=retry, timeout=timeout,
                                     preload_content=False)

@@ -1,5 +1,5 @@
 """Models in MLflow: a member in the pytorch flavor, the ensemble as a registered pyfunc logged as code, and the
-alias `champion`, which moves only to a version at least as good as the current one within the gates."""
+alias `champion` (champion.py)."""
 from __future__ import annotations
 
 import copy
@@ -14,10 +14,10 @@ from typing import Any
 
 import mlflow
 import mlflow.pyfunc
-from mlflow.exceptions import MlflowException
 
-from fmnist.evaluation.gates import regressions
 from fmnist.params import Gate
+from fmnist.redaction import redact
+from fmnist.tracking.champion import promote, record_gated_metrics
 from fmnist.tracking.store import TrackingError, tracking_uri
 
 log = logging.getLogger("fmnist.tracking")
@@ -29,7 +29,6 @@ LOCK_FILE = PACKAGE.parent / "requirements.lock"
 SERVED_PACKAGES = ("model", "serving")
 # What that code imports from outside this project.
 SERVING_PACKAGES = ("mlflow", "numpy", "pandas", "pillow", "scipy", "torch")
-CHAMPION = "champion"
 
 
 def lock_pins(lock: Path = LOCK_FILE) -> dict[str, str]:
@@ -92,7 +91,8 @@ def log_ensemble_model(path: Path, example: Any, name: str, gates: list[Gate], m
     """The ensemble file as a new version of the registered pyfunc model `name`, taking uint8 images (N, H, W).
     Logged as code: MLflow stores fmnist/serving/pyfunc.py and runs it on load, with fmnist.model beside it, so
     `mlflow models predict` needs no checkout of this repo; the weights load with torch.load(weights_only=True).
-    The alias `champion` moves to it unless `metrics` are worse than the champion's beyond the `gates`.
+    The version records the gated `metrics`; the alias `champion` moves to it when it is at least as good as the
+    champion on each of them (champion.py).
     `metadata` goes into the MLmodel file, where the UI shows it beside the version.
     Returns the sentence saying what happened to the alias (also the run's tag `champion`)."""
     import numpy as np
@@ -104,33 +104,12 @@ def log_ensemble_model(path: Path, example: Any, name: str, gates: list[Gate], m
             registered_model_name=name, pip_requirements=locked_requirements(SERVING_PACKAGES),
             metadata=dict(metadata or {}),
         )
-    verdict = promote(mlflow.MlflowClient(), name, str(info.registered_model_version), metrics, gates)
+    client, version = mlflow.MlflowClient(), str(info.registered_model_version)
+    record_gated_metrics(client, name, version, metrics, gates)
+    verdict = promote(client, name, version, gates)
     mlflow.set_tag("champion", verdict)
     log.info("%s", verdict)
     return verdict
-
-
-def promote(client: mlflow.MlflowClient, name: str, version: str, metrics: Mapping[str, Any],
-            gates: list[Gate]) -> str:
-    """Move the alias `champion` of `name` to `version` when its metrics are at least as good as the current
-    champion's within the regression gate's tolerances (report.gates); say why it moved or not."""
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:  # no champion yet
-        champion = None
-    if champion is None:
-        client.set_registered_model_alias(name, CHAMPION, version)
-        return f"{name} version {version} is the first champion"
-    held = client.get_run(champion.run_id).data.metrics
-    rows = [{"path": f"champion v{champion.version}", "metric": gate.metric, "old": held[gate.metric],
-             "new": float(metrics[gate.metric]), "diff": float(metrics[gate.metric]) - held[gate.metric]}
-            for gate in gates if gate.metric in held and gate.metric in metrics]
-    worse = regressions(rows, gates)
-    if worse:
-        return f"{name} version {version} is not the champion; version {champion.version} stays: " + "; ".join(worse)
-    client.set_registered_model_alias(name, CHAMPION, version)
-    compared = ", ".join(f"{r['metric']} {r['old']:.6g} -> {r['new']:.6g}" for r in rows) or "no gated metric"
-    return f"{name} version {version} is the champion, replacing version {champion.version} ({compared})"
 
 
 def registered_ensemble_file(uri: str) -> Path:
@@ -139,7 +118,8 @@ def registered_ensemble_file(uri: str) -> Path:
         local = mlflow.artifacts.download_artifacts(f"{uri.rstrip('/')}/artifacts/ensemble.pt",
                                                     tracking_uri=tracking_uri())
     except Exception as exc:  # MLflow raises many types for one cause
-        raise TrackingError(f"cannot fetch {uri} from the tracking store {tracking_uri()}: {exc}\n"
+        raise TrackingError(f"cannot fetch {uri} from the tracking store {redact(tracking_uri())}: "
+                            f"{redact(str(exc))}\n"
                             "Run `dvc repro` (evaluate registers the model), or point MLFLOW_TRACKING_URI at "
                             "the store that has it") from None
     return Path(local)

@@ -17,6 +17,7 @@ import requests
 from mlflow.exceptions import MlflowException
 
 from fmnist.params import parse_params
+from fmnist.redaction import redact
 from fmnist.tracking import lineage, registry
 from fmnist.tracking.store import TrackingError, experiment_id, store_lock, tracking_uri
 
@@ -174,7 +175,7 @@ def _tracked(stage: str, params: Mapping[str, Any], chosen_by_user: set[str]) ->
                                tags={**lineage.run_tags(stage, params), "pipeline_key": key})
     except Exception as exc:  # MLflow raises many types (requests, sqlalchemy, its own) for one cause
         raise TrackingError(
-            f"MLflow tracking store {uri} is not usable: {type(exc).__name__}: {exc}\n"
+            f"MLflow tracking store {redact(uri)} is not usable: {type(exc).__name__}: {redact(str(exc))}\n"
             "Start the server or fix MLFLOW_TRACKING_URI; unset it to use the local store <repo>/mlflow.db."
         ) from None
     status = "FAILED"
@@ -189,7 +190,7 @@ def _tracked(stage: str, params: Mapping[str, Any], chosen_by_user: set[str]) ->
             try:
                 with run, sigterm:  # sigterm's exit disarms it before the run's exit writes its status
                     mlflow.log_params(lineage.flatten(params))
-                    log.info("MLflow run %s (%s) in %s", run.info.run_id, stage, uri)
+                    log.info("MLflow run %s (%s) in %s", run.info.run_id, stage, redact(uri))
                     yield StageRun(run.info.run_id)
                     # The md5s dvc.lock will record for this stage's outputs: how a later pipeline that skips
                     # this stage finds this run as the producer of what it reuses.
@@ -205,7 +206,8 @@ def _tracked(stage: str, params: Mapping[str, Any], chosen_by_user: set[str]) ->
     except BaseException as exc:
         if isinstance(exc, (MlflowException, requests.RequestException)):
             raise TrackingError(
-                f"MLflow tracking store {uri} failed during stage {stage} (run {run.info.run_id}): {exc}\n"
+                f"MLflow tracking store {redact(uri)} failed during stage {stage} (run {run.info.run_id}): "
+                f"{redact(str(exc))}\n"
                 "What was logged before is kept there. The stage fails so that DVC records none of its outputs: "
                 "once the store answers again, `dvc repro` reruns it."
             ) from None

@@ -184,16 +184,17 @@ def test_stages_of_one_execution_share_a_parent_holding_params_dataset_and_metri
 
 
 @pytest.mark.fault
-def test_unreachable_server_fails_fast_naming_the_uri(project, monkeypatch):
+def test_unreachable_server_fails_fast_naming_the_uri_without_its_credentials(project, monkeypatch, caplog):
     project()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing listens
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://ci:s3cret@127.0.0.1:9")  # discard port: nothing listens
     for name in HTTP_DEFAULTS:  # the stage's own bounds, not a test's
         monkeypatch.delenv(name, raising=False)
     started = time.monotonic()
-    with pytest.raises(TrackingError, match=r"(?s)http://127.0.0.1:9 is not usable.*MLFLOW_TRACKING_URI"):
-        with stage_run("verify"):
-            pass
+    with pytest.raises(TrackingError, match=r"(?s)http://\*\*\*@127.0.0.1:9 is not usable.*MLFLOW_TRACKING_URI") \
+            as failed, stage_run("verify"):
+        pass
     assert time.monotonic() - started < 30
+    assert "s3cret" not in str(failed.value) and "s3cret" not in caplog.text
     assert not set(HTTP_DEFAULTS) & set(os.environ)  # scoped to the run: a later one sees no user setting
 
 
@@ -243,32 +244,6 @@ def test_a_lock_without_a_pin_names_the_package_and_the_fix(tmp_path):
         registry.locked_requirements(("numpy", "torch"), lock)
     with pytest.raises(TrackingError, match=r"missing.lock: cannot read"):
         registry.locked_requirements(("numpy",), tmp_path / "missing.lock")
-
-
-def test_champion_moves_only_to_a_version_at_least_as_good_within_the_gates(project, params_with):
-    from fmnist.params import Gate
-
-    root = project(params_with())
-    gates = [Gate(metric="ensemble_accuracy", max_worsening=0.003), Gate(metric="ensemble_log_loss",
-                                                                         max_worsening=0.01)]
-    client = store(root)
-    verdicts = []
-    for accuracy, loss in ((0.940, 0.30), (0.945, 0.29), (0.943, 0.295), (0.930, 0.29), (0.944, 0.32)):
-        metrics = {"ensemble_accuracy": accuracy, "ensemble_log_loss": loss}
-        with stage_run("evaluate") as run:
-            run.log_metrics(metrics)
-        if not client.search_registered_models():
-            client.create_registered_model("tiny-ensemble")
-        version = client.create_model_version("tiny-ensemble", f"runs:/{run.run_id}/ensemble", run.run_id).version
-        verdicts.append(registry.promote(client, "tiny-ensemble", version, metrics, gates))
-    assert verdicts[0] == "tiny-ensemble version 1 is the first champion"
-    assert verdicts[1].startswith("tiny-ensemble version 2 is the champion, replacing version 1")
-    assert verdicts[2].startswith("tiny-ensemble version 3 is the champion")  # 0.2 points worse: within 0.3
-    assert "version 2 stays" not in verdicts[2]
-    assert verdicts[3].startswith("tiny-ensemble version 4 is not the champion; version 3 stays")
-    assert "ensemble_accuracy got worse by 0.013" in verdicts[3]
-    assert "ensemble_log_loss got worse by 0.025" in verdicts[4]
-    assert str(client.get_model_version_by_alias("tiny-ensemble", "champion").version) == "3"
 
 
 @pytest.mark.fault
