@@ -1,20 +1,27 @@
-"""Share results through the DVC remote: data, models and the run-cache, complete.
+"""Share results through the DVC remote: data, models and the run-cache of this commit's stages, complete.
 
-    fmnist share push     # after `dvc repro`: what dvc.lock names, and every run-cache entry
+    fmnist share push     # after `dvc repro`: what dvc.lock names, and its stages' run-cache entries
     fmnist share pull     # on a teammate's clone: the same, then `dvc repro` is a no-op
 
 `dvc push --run-cache` sends a run-cache entry but not the `cache: false` outputs it records (every stage here
 writes a metrics file that way, for git), so on another clone DVC cannot restore the stage from the run-cache and
-reruns it (see treeverse/dvc#8738). This sends and fetches those objects too; the rest is DVC's own push, fetch
-and checkout. A pull checks out only after everything arrived, so a failed one leaves the workspace as it was.
+reruns it (see treeverse/dvc#8738). This sends and fetches those objects too, and only the entries of the stages
+this dvc.lock names (not every pipeline anyone ever pushed); the rest is DVC's own push, fetch and checkout.
+What comes from the remote is checked: the remote must verify the objects it downloads (`verify = true`: a
+tampered object fails the pull), and every md5 a run-cache entry names must be one (32 hex digits, optionally
+`.dir`) before it becomes a cache path. A pull checks out only after everything arrived and passed, so a failed
+one leaves the workspace as it was.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -22,19 +29,33 @@ import yaml
 from fmnist.errors import StageError
 
 log = logging.getLogger("fmnist.share")
+MD5 = re.compile(r"[0-9a-f]{32}(\.dir)?")
+SHA256 = re.compile(r"[0-9a-f]{64}")  # a run-cache key or entry name
 
 
 class RemoteError(StageError):
     """The DVC remote cannot be reached, refuses access, or lacks what was asked for."""
 
 
-def run_cache_objects(runs_dir: Path) -> set[str]:
-    """The md5 of every output (cached or not) that the local run-cache entries record."""
-    md5s = set()
-    for entry in runs_dir.glob("*/*/*"):
+def checked_md5(value: object, where: str) -> str:
+    """`value` if it is an md5 DVC would write; anything else (a path, `../`, a URL) is refused."""
+    if not isinstance(value, str) or not MD5.fullmatch(value):
+        raise RemoteError(f"{where}: {value!r} is not an md5 (32 hex digits, optionally .dir); refusing it, nothing "
+                          "in the workspace or the cache was changed")
+    return value
+
+
+def entry_objects(entry: Path) -> set[str]:
+    """The md5 of every output (cached or not) that one run-cache entry records, each checked."""
+    try:
         lock = yaml.safe_load(entry.read_text()) or {}
-        md5s.update(out["md5"] for out in lock.get("outs", []) if "md5" in out)
-    return md5s
+    except yaml.YAMLError as exc:
+        raise RemoteError(f"run-cache entry {entry.name}: not YAML ({exc})") from None
+    outs = lock.get("outs", []) if isinstance(lock, dict) else None
+    if not isinstance(outs, list):
+        raise RemoteError(f"run-cache entry {entry.name}: no list of outs")
+    return {checked_md5(out.get("md5"), f"run-cache entry {entry.name}, output {out.get('path')!r}")
+            for out in outs if isinstance(out, dict) and "md5" in out}
 
 
 def advice(cause: str) -> str:
@@ -52,7 +73,8 @@ def advice(cause: str) -> str:
 
 
 class Remote:
-    """The remote as DVC configures it, and the objects this module moves beside DVC's own commands."""
+    """The remote as DVC configures it, and the run-cache entries (with the objects they record) that this module
+    moves beside DVC's own commands."""
 
     def __init__(self, name: str | None):
         from dvc.repo import Repo
@@ -63,8 +85,10 @@ class Remote:
         except Exception as exc:  # no remote configured: DVC's message says how to add one
             raise RemoteError(f"no DVC remote to use: {exc}") from None
         self.name, self.fs, self.path = found.name, found.fs, found.path
-        endpoint = self.repo.config["remote"].get(found.name, {}).get("endpointurl")
+        self.config = self.repo.config["remote"].get(found.name, {})
+        endpoint = self.config.get("endpointurl")
         self.url = found.fs.unstrip_protocol(found.path) + (f" (endpoint {endpoint})" if endpoint else "")
+        self.local_runs = Path(self.repo.stage_cache.cache_dir)
 
     def fail(self, action: str, cause: str) -> RemoteError:
         return RemoteError(f"{action} DVC remote {self.url} failed: {cause.strip()}\nTo fix: {advice(cause)}; "
@@ -77,14 +101,44 @@ class Remote:
         except Exception as exc:  # botocore, aiohttp, fsspec: many types for one cause
             raise self.fail(action, f"{type(exc).__name__}: {exc}") from None
 
+    def require_verify(self) -> None:
+        """Without `verify`, DVC checks out a downloaded object without hashing it: a tampered object would
+        pass for the one dvc.lock names."""
+        if str(self.config.get("verify", "false")).lower() not in ("true", "1"):
+            raise RemoteError(f"DVC remote {self.name} does not verify what it downloads; run "
+                              f"`dvc remote modify {self.name} verify true` and commit .dvc/config (a pull then "
+                              "hashes every object it fetches and refuses one that does not match)")
+
     def dvc(self, action: str, *args: str) -> None:
         """A DVC command on this remote; its own messages go to the terminal."""
         done = subprocess.run([sys.executable, "-m", "dvc", *args, "-r", self.name], stderr=subprocess.PIPE,
-                              text=True)
+                              text=True, check=False)
         if done.returncode:
             sys.stderr.write(done.stderr)
             lines = [line for line in done.stderr.splitlines() if line.startswith("ERROR")]
-            raise self.fail(action, lines[-1] if lines else f"`dvc {' '.join(args)}` exited {done.returncode}")
+            raise self.fail(action, self.name_objects(lines[-1] if lines else
+                                                      f"`dvc {' '.join(args)}` exited {done.returncode}"))
+
+    def name_objects(self, message: str) -> str:
+        """`message` with each md5 of a dvc.lock output followed by that output's path."""
+        paths = {}
+        for stage in self.repo.index.stages:
+            for out in stage.outs:
+                if out.hash_info and out.hash_info.value:
+                    paths[out.hash_info.value] = out.def_path
+        return re.sub(r"[0-9a-f]{32}(?:\.dir)?", lambda m: f"{m[0]} ({paths[m[0]]})" if m[0] in paths else m[0],
+                      message)
+
+    def stage_keys(self) -> dict[str, str]:
+        """{stage: run-cache key} for the stages dvc.lock records, computed as DVC does when it saves an entry."""
+        from dvc.stage.cache import _get_cache_hash
+        from dvc.stage.serialize import to_single_stage_lockfile
+
+        return {stage.addressing: _get_cache_hash(to_single_stage_lockfile(stage), key=True)
+                for stage in self.repo.index.stages if stage.cmd and stage.deps and stage.outs}
+
+    def remote_runs(self, key: str) -> str:
+        return self.fs.join(self.path, "runs", key[:2], key)
 
     def with_directory_entries(self, md5s: set[str]) -> set[str]:
         """`md5s` plus the files of every directory object among them that the local cache holds (a
@@ -93,56 +147,137 @@ class Remote:
         entries = set()
         for md5 in md5s:
             if md5.endswith(".dir") and cache.exists(md5):
-                entries.update(entry["md5"] for entry in json.loads(Path(cache.oid_to_path(md5)).read_text()))
+                listing = json.loads(Path(cache.oid_to_path(md5)).read_text())
+                entries.update(checked_md5(item.get("md5"), f"directory object {md5}") for item in listing)
         return md5s | entries
 
-    def push_run_cache_outputs(self) -> int:
+    def lock_objects(self) -> dict[str, str]:
+        """{md5: output path} for every object the workspace's dvc.lock names: each cached output, and the files
+        of each directory output whose listing is in the local cache."""
+        named = {}
+        for stage in self.repo.index.stages:
+            for out in stage.outs:
+                if out.use_cache and out.hash_info and out.hash_info.value:
+                    named[out.hash_info.value] = out.def_path
+        for md5 in self.with_directory_entries(set(named)) - set(named):
+            named[md5] = "a file of a directory output"
+        return named
+
+    def check_arrived(self, named: dict[str, str]) -> None:
+        """Every object in the local cache. DVC reports an object fetched even when the remote lacks it (a
+        warning) or, with `verify`, when its bytes did not match its md5 (it deletes it, silently): so each one
+        absent here is missing there, or tampered with or corrupted there."""
+        absent = {md5: path for md5, path in named.items() if not self.repo.cache.local.exists(md5)}
+        if not absent:
+            return
+        there = {md5 for md5 in absent if self.fs.exists(self.remote_object(md5))}
+        problems = [f"{path} ({md5}): " + ("its bytes there do not match its md5 (tampered with or corrupted); "
+                                           "discarded" if md5 in there else "missing there")
+                    for md5, path in sorted(absent.items(), key=lambda item: item[1])]
+        raise self.fail("pull from", f"{len(absent)} objects did not arrive intact: " + "; ".join(problems[:5]))
+
+    def remote_object(self, md5: str) -> str:
+        return self.fs.join(self.path, "files", "md5", md5[:2], md5[2:])
+
+    def transfer_objects(self, action: str, md5s: set[str], push: bool) -> int:
         from dvc_data.hashfile.hash_info import HashInfo
 
-        md5s = self.with_directory_entries(run_cache_objects(Path(self.repo.stage_cache.cache_dir)))
-        local = {m for m in md5s if self.repo.cache.local.exists(m)}
-        result = self.repo.cloud.push({HashInfo("md5", m) for m in local}, remote=self.name)
+        objects = {HashInfo("md5", m) for m in md5s}
+        result = (self.repo.cloud.push if push else self.repo.cloud.pull)(objects, remote=self.name)
         if result.failed:
-            raise self.fail("push to", f"{len(result.failed)} run-cache outputs were not sent")
+            failed = ", ".join(sorted(str(h.value) for h in result.failed)[:5])
+            raise self.fail(action, self.name_objects(f"{len(result.failed)} objects were not transferred: "
+                                                      f"{failed}"))
         return len(result.transferred)
 
-    def pull_run_cache_outputs(self) -> int:
-        from dvc_data.hashfile.hash_info import HashInfo
+    def push_run_cache(self) -> int:
+        """This dvc.lock's stages' entries (those the local run-cache holds) and every object they record."""
+        sent, md5s = 0, set()
+        for key in self.stage_keys().values():
+            for entry in sorted((self.local_runs / key[:2] / key).glob("*")):
+                md5s |= entry_objects(entry)
+                try:
+                    self.fs.put_file(str(entry), self.fs.join(self.remote_runs(key), entry.name))
+                except Exception as exc:  # botocore, aiohttp, fsspec: many types for one cause
+                    raise self.fail("push to", f"run-cache entry {key}/{entry.name}: {type(exc).__name__}: "
+                                               f"{exc}") from None
+                sent += 1
+        local = {m for m in self.with_directory_entries(md5s) if self.repo.cache.local.exists(m)}
+        self.transfer_objects("push to", local, push=True)
+        return sent
 
-        md5s = run_cache_objects(Path(self.repo.stage_cache.cache_dir))
-        # the directory objects first: only once they are here do we know which files they list
-        first = self.repo.cloud.pull({HashInfo("md5", m) for m in md5s}, remote=self.name)
-        files = self.with_directory_entries(md5s) - md5s
-        second = self.repo.cloud.pull({HashInfo("md5", m) for m in files}, remote=self.name)
-        return len(first.transferred) + len(second.transferred)
+    def fetch_run_cache(self, staging: Path) -> dict[Path, str]:
+        """This dvc.lock's stages' entries from the remote into `staging`, each name and md5 checked:
+        {staged entry: its key}."""
+        staged = {}
+        for stage, key in self.stage_keys().items():
+            folder = self.remote_runs(key)
+            try:
+                names = [self.fs.name(path) for path in self.fs.find(folder)] if self.fs.exists(folder) else []
+                for name in names:
+                    if not SHA256.fullmatch(name):
+                        raise RemoteError(f"run-cache of stage {stage}: entry name {name!r} is not a sha256; "
+                                          "refusing it, nothing in the workspace or the cache was changed")
+                    target = staging / key / name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    self.fs.get_file(self.fs.join(folder, name), str(target))
+                    entry_objects(target)  # refused here, before anything reaches the cache
+                    staged[target] = key
+            except RemoteError:
+                raise
+            except Exception as exc:  # botocore, aiohttp, fsspec: many types for one cause
+                raise self.fail("pull from", f"run-cache of stage {stage}: {type(exc).__name__}: {exc}") from None
+        return staged
+
+    def install(self, staged: dict[Path, str]) -> None:
+        """Staged entries into the local run-cache, each renamed into place whole."""
+        for entry, key in staged.items():
+            target = self.local_runs / key[:2] / key / entry.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(entry, target.with_suffix(".tmp"))
+            target.with_suffix(".tmp").replace(target)
 
 
 def push(remote: str | None = None) -> None:
-    """What the workspace's dvc.lock names, the run-cache, and the run-cache's uncached outputs."""
+    """What the workspace's dvc.lock names, its stages' run-cache entries, and the objects those record."""
     target = Remote(remote)
     target.probe("push to")
-    target.dvc("push to", "push", "--run-cache")
-    sent = target.push_run_cache_outputs()
-    log.info("pushed to %s, with %d run-cache outputs DVC does not send itself", target.url, sent)
+    target.dvc("push to", "push")
+    sent = target.push_run_cache()
+    log.info("pushed to %s, with %d run-cache entries of this dvc.lock's stages and their outputs", target.url, sent)
 
 
 def pull(remote: str | None = None) -> None:
-    """Fetch what dvc.lock names, the run-cache and the outputs its entries record; then check out."""
+    """Fetch what dvc.lock names, its stages' run-cache entries and the objects they record, all checked; then
+    check out. Any failure stops before the checkout, with the workspace and the run-cache as they were."""
     source = Remote(remote)
+    source.require_verify()
     source.probe("pull from")
-    source.dvc("pull from", "fetch", "--run-cache")
-    got = source.pull_run_cache_outputs()
+    source.dvc("pull from", "fetch")
     # `dvc fetch` passes over objects the remote lacks; checkout would then fail half-way
     status = subprocess.run([sys.executable, "-m", "dvc", "status", "--cloud", "--json", "-r", source.name],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, check=False)
+    if status.returncode:
+        raise source.fail("pull from", f"`dvc status --cloud` failed: {status.stderr.strip()[-500:]}")
     missing = sorted(path for path, state in json.loads(status.stdout or "{}").items() if state == "missing")
     if missing:
-        raise source.fail("pull from", f"{len(missing)} outputs this commit's dvc.lock names are missing there: "
-                          + ", ".join(missing))
+        raise source.fail("pull from", f"{len(missing)} outputs this commit's dvc.lock names are missing "
+                          "there: " + ", ".join(missing))
+    source.check_arrived(source.lock_objects())
+    with tempfile.TemporaryDirectory(dir=source.local_runs.parent) as staging:
+        staged = source.fetch_run_cache(Path(staging))
+        md5s = set().union(*map(entry_objects, staged)) if staged else set()
+        # the directory objects first: only once they are here do we know which files they list
+        source.transfer_objects("pull from", md5s, push=False)
+        source.transfer_objects("pull from", source.with_directory_entries(md5s) - md5s, push=False)
+        recorded = source.with_directory_entries(md5s)
+        source.check_arrived({md5: "an output a run-cache entry records" for md5 in recorded})
+        source.install(staged)
     done = subprocess.run([sys.executable, "-m", "dvc", "checkout"], check=False)
     if done.returncode:
         raise StageError("dvc checkout failed after a complete fetch; see its message above")
-    log.info("pulled from %s, with %d run-cache outputs DVC does not fetch itself", source.url, got)
+    log.info("pulled from %s, with %d run-cache entries of this dvc.lock's stages and their outputs", source.url,
+             len(staged))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

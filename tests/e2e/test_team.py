@@ -28,6 +28,7 @@ def add_remote(repo, endpoint: str, prefix: str) -> None:
     """The team's DVC remote, committed (its address; never its keys)."""
     sh(repo, "dvc", "remote", "add", "-d", "team", f"s3://team/{prefix}")
     sh(repo, "dvc", "remote", "modify", "team", "endpointurl", endpoint)
+    sh(repo, "dvc", "remote", "modify", "team", "verify", "true")
     commit_all(repo, "team remote")
 
 
