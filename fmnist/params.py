@@ -77,6 +77,7 @@ class Download(Section):
     timeout_s: float = Field(gt=0, le=600, description="per connect/read on HTTP mirrors")
     retries: int = Field(ge=1, le=20, description="attempts per URL before the next mirror")
     backoff_s: float = Field(ge=0, le=60, description="first wait between attempts; doubles each time")
+    deadline_s: float = Field(gt=0, le=86400, description="longest one file may take from a mirror, retries included")
 
 
 class Verify(Section):

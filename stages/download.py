@@ -5,7 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from fmnist.data.checks import MANIFEST
+from fmnist.data.checks import MANIFEST, decoded_bounds
 from fmnist.data.download import download
 from fmnist.params import load_params
 from fmnist.runner import run_main
@@ -21,8 +21,9 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
     with stage_run("download") as run:
-        manifest, failures = download(params.dataset.files, params.dataset.mirrors, params.download, args.out,
-                                       args.partial)
+        bounds = decoded_bounds(params.dataset.train_count, params.dataset.test_count, params.dataset.image_shape)
+        manifest, failures = download(params.dataset.files, params.dataset.mirrors, bounds, params.download, args.out,
+                                      args.partial)
         for failure in failures:
             log.warning("mirror skipped: %s", failure)
         sizes = [(args.out / entry["file"]).stat().st_size for entry in manifest.values()]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -25,16 +26,31 @@ def dataset_files(files: DatasetFiles) -> list[tuple[str, DatasetFile]]:
     return [(role, getattr(files, role)) for role in ROLES]
 
 
-def check_checksums(path: Path, spec: DatasetFile, original_gz: bool) -> tuple[np.ndarray, dict]:
-    """Decode `path` and check it against `spec`: the .gz MD5 where the bytes are the release's own,
-    and always the decoded payload's SHA-256 (recompressed copies, e.g. Debian's, differ only in the .gz)."""
+def decoded_bounds(train_count: int, test_count: int, image_shape: list[int]) -> dict[str, int]:
+    """{role: the most decoded bytes its file may hold}: twice what its counts and image shape need (so a file
+    with a wrong count still reaches check_split's precise message), a bound on memory and on a gzip bomb."""
+    exact = {"train_images": 16 + train_count * math.prod(image_shape), "train_labels": 8 + train_count,
+             "test_images": 16 + test_count * math.prod(image_shape), "test_labels": 8 + test_count}
+    return {role: 2 * size + (1 << 16) for role, size in exact.items()}
+
+
+def wire_bound(decoded: int) -> int:
+    """The most bytes a file decoding to at most `decoded` bytes can take as stored, gzipped or not: deflate's
+    stored blocks (incompressible data) add 5 bytes per 64 KiB, gzip's header and trailer a few dozen."""
+    return decoded + 5 * (decoded // 65535 + 1) + 1024
+
+
+def check_checksums(path: Path, spec: DatasetFile, original_gz: bool, max_bytes: int) -> tuple[np.ndarray, dict]:
+    """Check `path` against `spec`, then decode it: the .gz MD5 first where the bytes are the release's own (a
+    mismatch is refused before anything is decompressed), and always the decoded payload's SHA-256 (recompressed
+    copies, e.g. Debian's, differ only in the .gz). Decoding holds one copy, of at most `max_bytes`."""
     with open(path, "rb") as handle:
         md5 = hashlib.file_digest(handle, "md5").hexdigest()
-    payload = idx.decode(path)
-    sha256 = hashlib.sha256(payload).hexdigest()
     md5_applies = original_gz and spec.gz_md5 is not None
     if md5_applies and md5 != spec.gz_md5:
         raise VerifyError(f"{path}: .gz MD5 mismatch: expected {spec.gz_md5}, got {md5}")
+    payload = idx.decode(path, max_bytes)
+    sha256 = hashlib.sha256(payload).hexdigest()
     if spec.sha256 is not None and sha256 != spec.sha256:
         raise VerifyError(f"{path}: decoded SHA-256 mismatch: expected {spec.sha256}, got {sha256}")
     if spec.sha256 is None and not md5_applies:
@@ -80,9 +96,11 @@ def verify_dataset(raw_dir: Path, dataset: Dataset, cfg: Verify) -> dict:
     """Check every file and split; raise VerifyError listing every problem found, else return the report."""
     manifest = json.loads((raw_dir / MANIFEST).read_text())
     arrays, files, problems = {}, {}, []
+    bounds = decoded_bounds(dataset.train_count, dataset.test_count, dataset.image_shape)
     for role, spec in dataset_files(dataset.files):
         try:
-            arrays[role], files[role] = check_checksums(raw_dir / spec.name, spec, manifest[role]["original_gz"])
+            arrays[role], files[role] = check_checksums(raw_dir / spec.name, spec, manifest[role]["original_gz"],
+                                                        bounds[role])
         except (VerifyError, idx.IdxError) as exc:
             problems.append(str(exc))
     report: dict = {"dataset": dataset.name, "files": files}

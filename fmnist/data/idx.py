@@ -23,7 +23,6 @@ DTYPES: dict[int, np.dtype] = {
     0x0E: np.dtype(">f8"),
 }
 GZIP_MAGIC = b"\x1f\x8b"
-CHUNK = 1 << 20
 # Far above any IDX dataset of this family (EMNIST's largest file decodes to about 550 MB), and a bound on a gzip bomb.
 MAX_DECODED_BYTES = 2 << 30
 
@@ -77,8 +76,10 @@ def parse(data: bytes, name: str) -> np.ndarray:
     return array.astype(array.dtype.newbyteorder("=")) if array.dtype.byteorder == ">" else array
 
 
-def decode(path: str | Path, max_bytes: int = MAX_DECODED_BYTES) -> bytes:
-    """The file's IDX bytes: gunzipped when it is a .gz, read in chunks so memory follows the real size."""
+def decode(path: str | Path, max_bytes: int = MAX_DECODED_BYTES) -> bytearray:
+    """The file's IDX bytes, gunzipped when it is a .gz, in one buffer sized from its header: a header that claims
+    more than `max_bytes` is refused before anything is allocated, and decoding stops at the size it claims, so a
+    gzip bomb or a lying header costs at most `max_bytes` of memory."""
     path = Path(path)
     try:
         with open(path, "rb") as raw:
@@ -89,17 +90,28 @@ def decode(path: str | Path, max_bytes: int = MAX_DECODED_BYTES) -> bytes:
                 hint = " (looks like an HTML page: a mirror's error page?)" if start.lstrip().startswith(b"<") else ""
                 raise IdxError(f"{path}: not a gzip file: starts with {start!r}{hint}")
             stream = gzip.GzipFile(fileobj=raw) if is_gzip else raw
-            chunks, total = [], 0
-            while chunk := stream.read(CHUNK):
-                total += len(chunk)
-                if total > max_bytes:
-                    raise IdxError(f"{path}: decodes to more than {max_bytes} bytes, larger than any IDX file expected")
-                chunks.append(chunk)
+            head = stream.read(4)
+            if len(head) == 4:
+                head += stream.read(4 * head[3])
+            header = parse_header(head, str(path))
+            total = header.size + header.payload_bytes
+            if total > max_bytes:
+                raise IdxError(f"{path}: header claims dims {list(header.dims)} = {total} bytes, more than the "
+                               f"{max_bytes} this file may hold")
+            buffer = bytearray(total)
+            buffer[:header.size] = head
+            view, filled = memoryview(buffer), header.size
+            while filled < total and (got := stream.readinto(view[filled:])):
+                filled += got
+            view.release()
+            if filled == total and stream.read(1):
+                raise IdxError(f"{path}: has trailing bytes: header claims dims {list(header.dims)} = "
+                               f"{header.payload_bytes} bytes of data, the file holds more")
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise IdxError(f"{path}: corrupt or truncated gzip data: {exc}") from None
     except OSError as exc:
         raise IdxError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return b"".join(chunks)
+    return buffer if filled == total else buffer[:filled]  # a truncated file: parse() says by how much
 
 
 def read(path: str | Path) -> np.ndarray:

@@ -75,6 +75,7 @@ def no_space(*args, **kwargs):
 @pytest.mark.fault
 def test_disk_full_during_preprocess_leaves_no_output_and_says_why(project, params_with, tmp_path, monkeypatch,
                                                                    caplog):
+    from fmnist.data.checks import decoded_bounds
     from fmnist.data.download import download
     from fmnist.params import parse_params
     from stages import preprocess
@@ -82,7 +83,9 @@ def test_disk_full_during_preprocess_leaves_no_output_and_says_why(project, para
     params = params_with()
     project(params)
     parsed = parse_params(params)
-    download(parsed.dataset.files, parsed.dataset.mirrors, parsed.download, tmp_path / "raw", tmp_path / "partial")
+    dataset = parsed.dataset
+    download(dataset.files, dataset.mirrors, decoded_bounds(dataset.train_count, dataset.test_count, dataset.image_shape),
+             parsed.download, tmp_path / "raw", tmp_path / "partial")
     writes = []
 
     def save_then_fill_up(path, array, **kwargs):
