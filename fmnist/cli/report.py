@@ -1,7 +1,8 @@
 """The pull-request report: what a change did to the metrics and params, with the regression gate.
 
 Markdown from DVC's own `dvc metrics diff --json` and `dvc params diff --json`; with --fail-on-regression, a gate
-that exits 1 when a metric got worse by more than its tolerance in params.yaml (`report.gates`).
+that exits 1 when a metric got worse by more than its tolerance in params.yaml (`report.gates`) as the base
+revision has it: a change cannot loosen its own gate.
 
     fmnist report                          # merge base with main vs the workspace
     fmnist report --base HEAD~1 --out report.md --fail-on-regression
@@ -15,9 +16,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from fmnist.errors import StageError
 from fmnist.evaluation.gates import lower_is_better, regressions
-from fmnist.params import load_params
+from fmnist.params import Gate, ParamsError, Report, load_params
 
 
 def dvc_json(*args: str) -> dict:
@@ -70,7 +73,7 @@ def fmt(value) -> str:
 
 
 def markdown(base: str, rows: list[dict], params_diff: dict, plots: list[str], failed: list[str],
-             head: str | None = None) -> str:
+             head: str | None = None, gates_from: str = "the workspace") -> str:
     """The report: metrics table, params diff, changed plots, gate verdict."""
     lines = [f"## Pipeline report: {describe(base)} → {describe(head) if head else 'workspace'}", ""]
     if rows:
@@ -92,7 +95,7 @@ def markdown(base: str, rows: list[dict], params_diff: dict, plots: list[str], f
         lines.append("No param changed.")
     if plots:
         lines += ["", "### Changed plots", "", *[f"- `{path}`" for path in plots]]
-    lines += ["", "### Regression gate", ""]
+    lines += ["", "### Regression gate", "", f"Tolerances of `report.gates` from {gates_from}.", ""]
     lines += [f"- ❌ {line}" for line in failed] if failed else ["✅ no gated metric regressed beyond its tolerance"]
     return "\n".join(lines) + "\n"
 
@@ -105,6 +108,19 @@ def changed_plots(base: str, head: str | None = None) -> list[str]:
     return done.stdout.split()
 
 
+def gates_at(revision: str) -> tuple[list[Gate], str]:
+    """report.gates of params.yaml as `revision` has it, and where they came from; the workspace's only where that
+    revision has none (a project adopting the gate)."""
+    done = subprocess.run(["git", "show", f"{revision}:params.yaml"], capture_output=True, text=True, check=False)
+    section = (yaml.safe_load(done.stdout) or {}).get("report") if done.returncode == 0 else None
+    if section is None:
+        return load_params().report.gates, f"the workspace ({revision} has no report.gates)"
+    try:
+        return Report.model_validate(section).gates, describe(revision)
+    except ValueError as exc:
+        raise ParamsError(f"params.yaml at {revision}: report.gates: {exc}") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", help="git revision to compare with (default: merge base with main)")
     parser.add_argument("--head", help="git revision to compare (default: the workspace)")
@@ -113,13 +129,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    gates = load_params().report.gates
     base = args.base or merge_base()
+    gates, gates_from = gates_at(base)
     revisions = [base, *([args.head] if args.head else [])]
     rows = metric_rows(dvc_json("metrics", "diff", *revisions))
     failed = regressions(rows, gates)
     text = markdown(base, rows, dvc_json("params", "diff", *revisions), changed_plots(base, args.head), failed,
-                    args.head)
+                    args.head, gates_from)
     if args.out:
         args.out.write_text(text)
     else:

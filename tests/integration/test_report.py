@@ -84,3 +84,17 @@ def test_changed_params_without_new_metrics_are_flagged(repo):
     done = run(repo, "fmnist", "report", "--base", "HEAD")
     assert done.returncode == 0
     assert "⚠️ No metric changed although params did: rerun the pipeline" in done.stdout
+
+
+@pytest.mark.fault
+def test_a_change_cannot_loosen_its_own_gate(repo):
+    write_metrics(repo, 0.93, 0.26)
+    loosened = (repo / "params.yaml").read_text().replace("{metric: ensemble_accuracy, max_worsening: 0.003}",
+                                                          "{metric: ensemble_accuracy, max_worsening: 0.5}")
+    assert loosened != (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(loosened)
+    done = run(repo, "fmnist", "report", "--base", "HEAD", "--fail-on-regression")
+    assert done.returncode == 1, done.stdout
+    assert "more than the allowed 0.003" in done.stderr  # the base revision's tolerance, not the 0.5
+    base = git(repo, "rev-parse", "HEAD").strip()
+    assert f"Tolerances of `report.gates` from `HEAD` ({base[:12]})." in done.stdout
