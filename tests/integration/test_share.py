@@ -13,6 +13,8 @@ import yaml
 from tests.conftest import clone, commit_all, init_repo, subprocess_env
 from tests.services import S3_CREDENTIALS, create_bucket, s3_client
 
+# One xdist worker runs this module, so its one pushed project is made once.
+pytestmark = pytest.mark.xdist_group("share")
 BUCKET = "share"
 MAKE = ("import json, yaml; n = yaml.safe_load(open('params.yaml'))['n']; "
         "open('out.txt', 'w').write(open('src.txt').read() * n); json.dump({'n': n}, open('m.json', 'w'))")
@@ -32,11 +34,10 @@ def bucket(s3_endpoint) -> str:
     return s3_endpoint
 
 
-@pytest.fixture
-def pushed(bucket, tmp_path, request) -> tuple[Path, str]:
-    """A project whose one stage ran, pushed with `fmnist share push` to a prefix of its own; (repo, prefix)."""
-    repo = init_repo(tmp_path / "origin")
-    prefix = request.node.name[:40]
+@pytest.fixture(scope="module")
+def origin(bucket, tmp_path_factory) -> Path:
+    """A project whose one stage ran, pushed with `fmnist share push` to the prefix `origin` (once per module)."""
+    repo = init_repo(tmp_path_factory.mktemp("share") / "origin")
     (repo / "src.txt").write_text("shared\n")
     (repo / "params.yaml").write_text("n: 3\n")
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"make": {
@@ -44,13 +45,31 @@ def pushed(bucket, tmp_path, request) -> tuple[Path, str]:
         "metrics": [{"m.json": {"cache": False}}]}}}))
     sh(repo, "dvc", "init", "-q")
     sh(repo, "dvc", "config", "core.autostage", "true")
-    sh(repo, "dvc", "remote", "add", "-d", "team", f"s3://{BUCKET}/{prefix}")
+    sh(repo, "dvc", "remote", "add", "-d", "team", f"s3://{BUCKET}/origin")
     sh(repo, "dvc", "remote", "modify", "team", "endpointurl", bucket)
     sh(repo, "dvc", "remote", "modify", "team", "verify", "true")
     sh(repo, "dvc", "repro")
     commit_all(repo, "results")
     sh(repo, "fmnist", "share", "push")
-    return repo, prefix
+    return repo
+
+
+@pytest.fixture
+def pushed(origin, bucket, request) -> tuple[Path, str]:
+    """The origin project and a prefix of this test's own holding a copy of what it pushed, to tamper with."""
+    s3 = s3_client(bucket)
+    prefix = "t" + hashlib.sha1(request.node.name.encode()).hexdigest()[:12]
+    for key in (o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="origin/")["Contents"]):
+        s3.copy_object(Bucket=BUCKET, Key=prefix + key.removeprefix("origin"),
+                       CopySource={"Bucket": BUCKET, "Key": key})
+    return origin, prefix
+
+
+def clone_of(origin: Path, prefix: str, target: Path) -> Path:
+    """A teammate's clone, its remote pointed at `prefix` (in the git-ignored .dvc/config.local)."""
+    teammate = clone(origin, target)
+    sh(teammate, "dvc", "remote", "modify", "--local", "team", "url", f"s3://{BUCKET}/{prefix}")
+    return teammate
 
 
 def object_key(prefix: str, content: bytes) -> str:
@@ -63,8 +82,8 @@ def run_cache_keys(repo: Path) -> set[str]:
 
 
 def test_a_pull_restores_outputs_and_the_stage_from_the_run_cache(pushed, tmp_path):
-    repo, _ = pushed
-    teammate = clone(repo, tmp_path / "teammate")
+    repo, prefix = pushed
+    teammate = clone_of(repo, prefix, tmp_path / "teammate")
     sh(teammate, "fmnist", "share", "pull")
     assert (teammate / "out.txt").read_text() == "shared\n" * 3
     assert "up to date" in sh(teammate, "dvc", "status").stdout
@@ -76,7 +95,7 @@ def test_a_tampered_object_fails_the_pull_naming_the_output_and_checks_out_nothi
     s3 = s3_client(bucket)
     key = object_key(prefix, (repo / "out.txt").read_bytes())
     s3.put_object(Bucket=BUCKET, Key=key, Body=b"tampered\n" * 3)  # same size class, other bytes
-    teammate = clone(repo, tmp_path / "teammate")
+    teammate = clone_of(repo, prefix, tmp_path / "teammate")
     pulled = sh(teammate, "fmnist", "share", "pull", check=False)
     assert pulled.returncode == 1
     assert "out.txt" in pulled.stderr and "do not match its md5 (tampered with or corrupted)" in pulled.stderr
@@ -87,9 +106,9 @@ def test_a_tampered_object_fails_the_pull_naming_the_output_and_checks_out_nothi
 
 
 def test_a_remote_without_verify_is_refused_before_any_transfer(pushed, tmp_path):
-    repo, _ = pushed
-    teammate = clone(repo, tmp_path / "teammate")
-    sh(teammate, "dvc", "remote", "modify", "team", "verify", "false")
+    repo, prefix = pushed
+    teammate = clone_of(repo, prefix, tmp_path / "teammate")
+    sh(teammate, "dvc", "remote", "modify", "--local", "team", "verify", "false")
     pulled = sh(teammate, "fmnist", "share", "pull", check=False)
     assert pulled.returncode == 1
     assert "does not verify what it downloads; run `dvc remote modify team verify true`" in pulled.stderr
@@ -106,7 +125,7 @@ def test_a_run_cache_entry_naming_anything_but_an_md5_is_refused(pushed, bucket,
     (out,) = [out for out in entry["outs"] if out["path"] == "out.txt"]
     out["md5"] = forged
     s3.put_object(Bucket=BUCKET, Key=entry_key, Body=yaml.safe_dump(entry).encode())
-    teammate = clone(repo, tmp_path / "teammate")
+    teammate = clone_of(repo, prefix, tmp_path / "teammate")
     pulled = sh(teammate, "fmnist", "share", "pull", check=False)
     assert pulled.returncode == 1
     assert f"{forged!r} is not an md5" in pulled.stderr and "output 'out.txt'" in pulled.stderr, pulled.stderr
@@ -116,7 +135,7 @@ def test_a_run_cache_entry_naming_anything_but_an_md5_is_refused(pushed, bucket,
 def test_a_missing_run_cache_output_stops_the_pull_before_the_checkout(pushed, bucket, tmp_path):
     repo, prefix = pushed
     s3_client(bucket).delete_object(Bucket=BUCKET, Key=object_key(prefix, (repo / "m.json").read_bytes()))
-    teammate = clone(repo, tmp_path / "teammate")
+    teammate = clone_of(repo, prefix, tmp_path / "teammate")
     pulled = sh(teammate, "fmnist", "share", "pull", check=False)
     assert pulled.returncode == 1, pulled.stderr
     assert "an output a run-cache entry records" in pulled.stderr and "missing there" in pulled.stderr
@@ -124,14 +143,16 @@ def test_a_missing_run_cache_output_stops_the_pull_before_the_checkout(pushed, b
 
 
 def test_only_the_run_cache_of_the_stages_in_this_dvc_lock_is_taken(pushed, tmp_path):
-    repo, _ = pushed
-    (repo / "params.yaml").write_text("n: 4\n")  # another run of the stage, pushed with DVC's whole run-cache
-    sh(repo, "dvc", "repro")
-    sh(repo, "dvc", "push", "--run-cache")
-    (repo / "params.yaml").write_text("n: 3\n")
-    sh(repo, "dvc", "repro")
-    assert len(run_cache_keys(repo)) == 2
-    teammate = clone(repo, tmp_path / "teammate")
+    repo, prefix = pushed
+    pusher = clone_of(repo, prefix, tmp_path / "pusher")
+    sh(pusher, "fmnist", "share", "pull")
+    (pusher / "params.yaml").write_text("n: 4\n")  # another run of the stage, pushed with DVC's whole run-cache
+    sh(pusher, "dvc", "repro")
+    sh(pusher, "dvc", "push", "--run-cache")
+    (pusher / "params.yaml").write_text("n: 3\n")
+    sh(pusher, "dvc", "repro")
+    assert len(run_cache_keys(pusher)) == 2
+    teammate = clone_of(repo, prefix, tmp_path / "teammate")
     sh(teammate, "fmnist", "share", "pull")
-    (taken,) = run_cache_keys(teammate)
-    assert taken in run_cache_keys(repo) and (teammate / "out.txt").read_text() == "shared\n" * 3
+    assert run_cache_keys(teammate) == run_cache_keys(repo)  # the one entry of n: 3
+    assert (teammate / "out.txt").read_text() == "shared\n" * 3
