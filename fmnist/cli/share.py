@@ -119,13 +119,14 @@ class Remote:
             raise self.fail(action, self.name_objects(lines[-1] if lines else
                                                       f"`dvc {' '.join(args)}` exited {done.returncode}"))
 
+    def lock_outputs(self, cached_only: bool = False) -> dict[str, str]:
+        """{md5: output path} for each output the workspace's dvc.lock records (only those DVC caches, if asked)."""
+        return {out.hash_info.value: out.def_path for stage in self.repo.index.stages for out in stage.outs
+                if out.hash_info and out.hash_info.value and (out.use_cache or not cached_only)}
+
     def name_objects(self, message: str) -> str:
         """`message` with each md5 of a dvc.lock output followed by that output's path."""
-        paths = {}
-        for stage in self.repo.index.stages:
-            for out in stage.outs:
-                if out.hash_info and out.hash_info.value:
-                    paths[out.hash_info.value] = out.def_path
+        paths = self.lock_outputs()
         return re.sub(r"[0-9a-f]{32}(?:\.dir)?", lambda m: f"{m[0]} ({paths[m[0]]})" if m[0] in paths else m[0],
                       message)
 
@@ -154,11 +155,7 @@ class Remote:
     def lock_objects(self) -> dict[str, str]:
         """{md5: output path} for every object the workspace's dvc.lock names: each cached output, and the files
         of each directory output whose listing is in the local cache."""
-        named = {}
-        for stage in self.repo.index.stages:
-            for out in stage.outs:
-                if out.use_cache and out.hash_info and out.hash_info.value:
-                    named[out.hash_info.value] = out.def_path
+        named = self.lock_outputs(cached_only=True)
         for md5 in self.with_directory_entries(set(named)) - set(named):
             named[md5] = "a file of a directory output"
         return named
@@ -206,10 +203,10 @@ class Remote:
         self.transfer_objects("push to", local, push=True)
         return sent
 
-    def fetch_run_cache(self, staging: Path) -> dict[Path, str]:
+    def fetch_run_cache(self, staging: Path) -> tuple[dict[Path, str], set[str]]:
         """This dvc.lock's stages' entries from the remote into `staging`, each name and md5 checked:
-        {staged entry: its key}."""
-        staged = {}
+        ({staged entry: its key}, the md5s they record)."""
+        staged, md5s = {}, set()
         for stage, key in self.stage_keys().items():
             folder = self.remote_runs(key)
             try:
@@ -221,13 +218,13 @@ class Remote:
                     target = staging / key / name
                     target.parent.mkdir(parents=True, exist_ok=True)
                     self.fs.get_file(self.fs.join(folder, name), str(target))
-                    entry_objects(target)  # refused here, before anything reaches the cache
+                    md5s |= entry_objects(target)  # refused here, before anything reaches the cache
                     staged[target] = key
             except RemoteError:
                 raise
             except Exception as exc:  # botocore, aiohttp, fsspec: many types for one cause
                 raise self.fail("pull from", f"run-cache of stage {stage}: {type(exc).__name__}: {exc}") from None
-        return staged
+        return staged, md5s
 
     def install(self, staged: dict[Path, str]) -> None:
         """Staged entries into the local run-cache, each renamed into place whole."""
@@ -265,12 +262,11 @@ def pull(remote: str | None = None) -> None:
                           "there: " + ", ".join(missing))
     source.check_arrived(source.lock_objects())
     with tempfile.TemporaryDirectory(dir=source.local_runs.parent) as staging:
-        staged = source.fetch_run_cache(Path(staging))
-        md5s = set().union(*map(entry_objects, staged)) if staged else set()
+        staged, md5s = source.fetch_run_cache(Path(staging))
         # the directory objects first: only once they are here do we know which files they list
         source.transfer_objects("pull from", md5s, push=False)
-        source.transfer_objects("pull from", source.with_directory_entries(md5s) - md5s, push=False)
         recorded = source.with_directory_entries(md5s)
+        source.transfer_objects("pull from", recorded - md5s, push=False)
         source.check_arrived({md5: "an output a run-cache entry records" for md5 in recorded})
         source.install(staged)
     done = subprocess.run([sys.executable, "-m", "dvc", "checkout"], check=False)

@@ -156,9 +156,9 @@ def fetch(mirror: Mirror, name: str, dest: Path, partial_dir: Path, cfg: Downloa
     path = Path(urlparse(mirror.location).path if mirror.location.startswith("file:") else mirror.location)
     source = path.expanduser() / name
     try:
-        if source.stat().st_size > max_bytes:
-            raise DownloadError(f"{source}: {source.stat().st_size} bytes, more than the {max_bytes} this file "
-                                "can take")
+        size = source.stat().st_size
+        if size > max_bytes:
+            raise DownloadError(f"{source}: {size} bytes, more than the {max_bytes} this file can take")
         shutil.copyfile(source, dest)
     except OSError as exc:
         raise DownloadError(exc.strerror or str(exc)) from None

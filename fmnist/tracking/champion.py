@@ -48,11 +48,16 @@ def worse_on(new: Mapping[str, float], old: Mapping[str, float], gates: list[Gat
     return worse
 
 
-def candidates(client: mlflow.MlflowClient, name: str, gates: list[Gate]) -> tuple[list[Candidate], list[str]]:
-    """Every registered version of `name` in version order with its gated metrics (from its tags, else, for a
-    version registered before they were recorded, from its run); and a line for each version left out."""
+def registered(client: mlflow.MlflowClient, name: str) -> list[ModelVersion]:
+    """Every registered version of `name`, in version order."""
+    return sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+
+
+def candidates(client: mlflow.MlflowClient, versions: list[ModelVersion]) -> tuple[list[Candidate], list[str]]:
+    """Each of `versions` with its gated metrics (from its tags, else, for a version registered before they were
+    recorded, from its run); and a line for each version left out."""
     found, left_out = [], []
-    for version in sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version)):
+    for version in versions:
         metrics = tagged_metrics(version)
         if not metrics:
             metrics = live_run_metrics(client, version.run_id)
@@ -97,12 +102,13 @@ def promote(client: mlflow.MlflowClient, name: str, version: str, gates: list[Ga
     `version`: the first champion, the champion replacing another, or not the champion, and why."""
     before = current(client, name)
     while True:
-        found, left_out = candidates(client, name, gates)
+        versions = registered(client, name)
+        found, left_out = candidates(client, versions)
         best = choose(found, gates)
         if best is not None:
             client.set_registered_model_alias(name, CHAMPION, best.version)
-        now = [c.version for c in candidates(client, name, gates)[0]]
-        if now == [c.version for c in found]:  # no version registered meanwhile: this choice saw them all
+        seen = [v.version for v in versions]
+        if [v.version for v in registered(client, name)] == seen:  # none registered meanwhile: it saw them all
             break
     for line in left_out:
         log.warning("%s %s", name, line)
