@@ -64,8 +64,10 @@ dataset-package:
 postgresql:
 	$(call apt_install,postgresql,ls /usr/lib/postgresql/*/bin/initdb,install it for the team-server tests)
 
+# `fmnist cached`: a full disk makes `dvc repro` exit 0 with its outputs left out of the cache; this fails then.
 repro: setup dataset-package
 	dvc repro
+	fmnist cached
 
 # Every tier (unit, integration, e2e), on every core; what CI runs (.ci/run).
 test: setup dataset-package postgresql
@@ -81,12 +83,20 @@ test-random: setup dataset-package postgresql
 	python -m pytest -n auto --dist loadgroup --random-order-bucket=global \
 	  --random-order-seed=$(RANDOM_SEED)
 
-# One MLflow server for a team, on one machine: runs in PostgreSQL, artifacts proxied to S3 (clients need no S3
-# credentials; the server's come from its environment, with MLFLOW_S3_ENDPOINT_URL for a non-AWS store).
-# Binds 127.0.0.1: put a TLS reverse proxy with authentication in front before opening it to the team.
+# One MLflow server for a team: runs in PostgreSQL, artifacts proxied to S3 (clients need no S3 credentials; the
+# server's come from its environment, with MLFLOW_S3_ENDPOINT_URL for a non-AWS store), accounts and permissions
+# by MLflow's basic-auth app in a second database of the same PostgreSQL (deploy/basic_auth.ini). The first start
+# creates the admin from MLFLOW_AUTH_ADMIN_PASSWORD; `fmnist access grant` then makes the accounts
+# (docs/team-server.md). Binds 127.0.0.1: put a TLS reverse proxy in front before opening it to the team.
 MLFLOW_BACKEND ?= postgresql://mlflow@/mlflow?host=/var/run/postgresql
+MLFLOW_AUTH_BACKEND ?= postgresql://mlflow@/mlflow_auth?host=/var/run/postgresql
+MLFLOW_AUTH_CONFIG ?= $(abspath .mlflow-server/basic_auth.ini)
 MLFLOW_ARTIFACTS ?= s3://mlflow/artifacts
 MLFLOW_PORT ?= 5000
 mlflow-server: setup
-	mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) --backend-store-uri '$(MLFLOW_BACKEND)' \
-	  --artifacts-destination '$(MLFLOW_ARTIFACTS)'
+	@test -n "$$MLFLOW_FLASK_SERVER_SECRET_KEY" || { echo "mlflow-server: set MLFLOW_FLASK_SERVER_SECRET_KEY \
+	  (a random secret, the same for every start: it signs the UI's CSRF tokens)" >&2; exit 2; }
+	@mkdir -p $(dir $(MLFLOW_AUTH_CONFIG))
+	sed 's|{database_uri}|$(MLFLOW_AUTH_BACKEND)|' deploy/basic_auth.ini > '$(MLFLOW_AUTH_CONFIG)'
+	MLFLOW_AUTH_CONFIG_PATH='$(MLFLOW_AUTH_CONFIG)' mlflow server --app-name basic-auth --host 127.0.0.1 \
+	  --port $(MLFLOW_PORT) --backend-store-uri '$(MLFLOW_BACKEND)' --artifacts-destination '$(MLFLOW_ARTIFACTS)'

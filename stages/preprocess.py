@@ -11,6 +11,7 @@ from fmnist.data.splits import preprocess, summarize
 from fmnist.files import write_json
 from fmnist.params import load_params
 from fmnist.runner import run_main
+from fmnist.space import require_space
 from fmnist.tracking.run import stage_run
 
 
@@ -27,6 +28,8 @@ def main() -> None:
                            idx.read(args.raw / files.train_labels.name), params.preprocess)
         test = {"images": idx.read(args.raw / files.test_images.name),
                 "labels": idx.read(args.raw / files.test_labels.name)}
+        require_space(args.out, sum(a.nbytes for split in (train, test) for a in split.values()),
+                      "the preprocessed arrays")
         save_arrays(args.out / "train", train)
         save_arrays(args.out / "test", test)
         summary = summarize(train, len(test["labels"]), params.preprocess)

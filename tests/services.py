@@ -81,8 +81,19 @@ def postgres_rows(postgres_uri: str, query: str, *args) -> list[tuple]:
     """Rows straight from the `postgres` fixture's database, whether or not an MLflow server on it is up."""
     import psycopg
 
-    with psycopg.connect(host=postgres_uri.split("host=")[1], dbname="mlflow", user="postgres") as connection:
+    database = postgres_uri.split("@/")[1].split("?")[0]
+    with psycopg.connect(host=postgres_uri.split("host=")[1], dbname=database, user="postgres") as connection:
         return connection.execute(query, args).fetchall()
+
+
+def create_database(postgres_uri: str, name: str) -> str:
+    """A new database `name` in the `postgres` fixture's cluster; its SQLAlchemy URI."""
+    import psycopg
+
+    with psycopg.connect(host=postgres_uri.split("host=")[1], dbname="mlflow", user="postgres",
+                         autocommit=True) as connection:
+        connection.execute(f'create database "{name}"')
+    return postgres_uri.replace("/mlflow?", f"/{name}?")
 
 
 @pytest.fixture(scope="session")

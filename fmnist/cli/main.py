@@ -7,7 +7,7 @@ import importlib
 from fmnist.runner import run_main
 
 # verb -> its module in this package; each has a docstring, add_arguments(parser) and run(args).
-VERBS = ("predict", "report", "share", "profile", "lineage")
+VERBS = ("predict", "report", "share", "profile", "lineage", "access", "cached")
 
 
 def parser() -> argparse.ArgumentParser:

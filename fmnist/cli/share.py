@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from fmnist.cli.cached import require_cached
 from fmnist.errors import StageError
 
 log = logging.getLogger("fmnist.share")
@@ -238,6 +239,7 @@ class Remote:
 def push(remote: str | None = None) -> None:
     """What the workspace's dvc.lock names, its stages' run-cache entries, and the objects those record."""
     target = Remote(remote)
+    require_cached(target.repo)  # what a full disk kept out of the cache would be missing on the remote
     target.probe("push to")
     target.dvc("push to", "push")
     sent = target.push_run_cache()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -14,11 +15,12 @@ from typing import Any
 
 import mlflow
 import mlflow.pyfunc
+from mlflow.exceptions import MlflowException
 
 from fmnist.params import Gate
 from fmnist.redaction import redact
 from fmnist.tracking.champion import promote, record_gated_metrics
-from fmnist.tracking.store import TrackingError, tracking_uri
+from fmnist.tracking.store import TrackingError, error_code, tracking_uri
 
 log = logging.getLogger("fmnist.tracking")
 
@@ -101,10 +103,20 @@ def log_ensemble_model(path: Path, example: Any, name: str, gates: list[Gate], m
         info = mlflow.pyfunc.log_model(
             name="ensemble", python_model=str(package / "serving" / "pyfunc.py"), artifacts={"ensemble": str(path)},
             code_paths=[str(package)], input_example=np.ascontiguousarray(example, dtype=np.uint8),
-            registered_model_name=name, pip_requirements=locked_requirements(SERVING_PACKAGES),
-            metadata=dict(metadata or {}),
+            pip_requirements=locked_requirements(SERVING_PACKAGES), metadata=dict(metadata or {}),
         )
-    client, version = mlflow.MlflowClient(), str(info.registered_model_version)
+    try:
+        version = str(mlflow.register_model(info.model_uri, name).version)
+    except MlflowException as exc:
+        if error_code(exc) != "PERMISSION_DENIED":
+            raise
+        # A teammate's account logs runs and models; only CI's registers versions and moves the alias.
+        verdict = (f"{name}: not registered, {os.environ.get('MLFLOW_TRACKING_USERNAME', 'this account')} may not "
+                   f"register versions on {redact(tracking_uri())} (CI registers); the model is logged in this run")
+        mlflow.set_tag("champion", verdict)
+        log.warning("%s", verdict)
+        return verdict
+    client = mlflow.MlflowClient()
     record_gated_metrics(client, name, version, metrics, gates)
     verdict = promote(client, name, version, gates)
     mlflow.set_tag("champion", verdict)

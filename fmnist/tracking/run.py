@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from mlflow.exceptions import MlflowException
 from fmnist.params import parse_params
 from fmnist.redaction import redact
 from fmnist.tracking import lineage, registry
-from fmnist.tracking.store import TrackingError, experiment_id, store_lock, tracking_uri
+from fmnist.tracking.store import (TrackingError, experiment_id, reached_earlier, refusal, remember_reached,
+                                  store_lock, tracking_uri)
 
 log = logging.getLogger("fmnist.tracking")
 
@@ -28,6 +30,10 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_R
 # Once a stage's run has started, the server did answer: an outage now is most likely a restart, worth
 # waiting out (back-off 0+2+4+8+16+32 s, about a minute) rather than losing minutes of training.
 HTTP_MID_RUN = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+# A server that answered earlier in this pipeline and stops answering as a stage starts is most likely
+# restarting (a deploy, a crash and its supervisor): waited for this long (FMNIST_TRACKING_WAIT_S overrides).
+RESTART_WAIT_S = 300
+RETRY_EVERY_S = 3
 
 
 class Terminated(SystemExit):
@@ -149,6 +155,47 @@ def experiment_name() -> str:
         or "Default"
 
 
+def _open_once(stage: str, params: Mapping[str, Any], uri: str, key: str) -> tuple[Any, str, str, Any]:
+    with store_lock(uri):
+        client = mlflow.MlflowClient(uri)  # opening a new SQLite store creates its schema: inside the lock
+        experiment = experiment_id(experiment_name(), uri)
+        parent_id = lineage.pipeline_parent(client, experiment, key)
+        client.update_run(parent_id, status="RUNNING")
+    remember_reached(uri, key)
+    run = mlflow.start_run(experiment_id=experiment, run_name=stage, parent_run_id=parent_id,
+                           tags={**lineage.run_tags(stage, params), "pipeline_key": key})
+    return client, experiment, parent_id, run
+
+
+def _open(stage: str, params: Mapping[str, Any], uri: str, key: str) -> tuple[Any, str, str, Any]:
+    """The stage's run, opened under its pipeline's parent. Fails at once where this pipeline never reached the
+    store (a wrong URI, a server not started: seconds, not minutes) or where the server refuses who asks; waits,
+    bounded, where it did reach it earlier: the outage of a server restarting between two stages."""
+    waited_since = None
+    while True:
+        try:
+            return _open_once(stage, params, uri, key)
+        except Exception as exc:  # MLflow raises many types (requests, sqlalchemy, its own) for one cause
+            if (why := refusal(exc, uri)) is not None:
+                raise TrackingError(why) from None
+            cause = f"{type(exc).__name__}: {redact(str(exc))}"
+        if not reached_earlier(uri, key):
+            raise TrackingError(f"MLflow tracking store {redact(uri)} is not usable: {cause}\n"
+                                "Start the server or fix MLFLOW_TRACKING_URI; unset it to use the local store "
+                                "<repo>/mlflow.db.")
+        limit = float(os.environ.get("FMNIST_TRACKING_WAIT_S", RESTART_WAIT_S))
+        now = time.monotonic()
+        if waited_since is None:
+            waited_since = now
+            log.warning("MLflow tracking server %s is not answering; it did earlier in this pipeline, so stage %s "
+                        "waits up to %g s for it (a restart?)", redact(uri), stage, limit)
+        elif now - waited_since > limit:
+            raise TrackingError(f"MLflow tracking store {redact(uri)} did not come back within {limit:g} s "
+                                f"(FMNIST_TRACKING_WAIT_S) for stage {stage}: {cause}\nWhat earlier stages logged "
+                                "is kept there; once it answers, `dvc repro` runs what is left.")
+        time.sleep(RETRY_EVERY_S)
+
+
 @contextlib.contextmanager
 def stage_run(stage: str) -> Iterator[StageRun]:
     """One MLflow run for one execution of the dvc.yaml stage `stage`, a child of its pipeline's parent run:
@@ -164,20 +211,8 @@ def _tracked(stage: str, params: Mapping[str, Any], chosen_by_user: set[str]) ->
     """stage_run's body, under the fail-fast HTTP defaults."""
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
-    try:
-        with store_lock(uri):
-            client = mlflow.MlflowClient(uri)  # opening a new SQLite store creates its schema: inside the lock
-            experiment = experiment_id(experiment_name(), uri)
-            key = lineage.pipeline_key()
-            parent_id = lineage.pipeline_parent(client, experiment, key)
-            client.update_run(parent_id, status="RUNNING")
-        run = mlflow.start_run(experiment_id=experiment, run_name=stage, parent_run_id=parent_id,
-                               tags={**lineage.run_tags(stage, params), "pipeline_key": key})
-    except Exception as exc:  # MLflow raises many types (requests, sqlalchemy, its own) for one cause
-        raise TrackingError(
-            f"MLflow tracking store {redact(uri)} is not usable: {type(exc).__name__}: {redact(str(exc))}\n"
-            "Start the server or fix MLFLOW_TRACKING_URI; unset it to use the local store <repo>/mlflow.db."
-        ) from None
+    key = lineage.pipeline_key()
+    client, experiment, parent_id, run = _open(stage, params, uri, key)
     status = "FAILED"
     produced: dict[str, str] = {}
 
@@ -204,6 +239,9 @@ def _tracked(stage: str, params: Mapping[str, Any], chosen_by_user: set[str]) ->
                         record_in_pipeline()
                 raise
     except BaseException as exc:
+        if (why := refusal(exc, uri)) is not None:
+            raise TrackingError(f"{why}\nThe stage fails; what run {run.info.run_id} logged before is kept.") \
+                from None
         if isinstance(exc, (MlflowException, requests.RequestException)):
             raise TrackingError(
                 f"MLflow tracking store {redact(uri)} failed during stage {stage} (run {run.info.run_id}): "

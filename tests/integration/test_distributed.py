@@ -136,6 +136,9 @@ def test_a_killed_rank_fails_the_stage_and_a_rerun_resumes_to_the_same_weights(u
     output, _ = stage.communicate(timeout=300)
     assert stage.returncode == 1, output[-3000:]
     assert "a training process failed" in output and "rerunning the stage resumes from it" in output
+    # rank 0 says in one line why it stops, whichever reaches it first: gloo's lost connection or torchrun's SIGTERM
+    assert ("training process rank 0 of 2 stops: rank 1 failed" in output or "stopped by SIGTERM" in output), output
+    assert "DistBackendError" not in output and "gloo/transport" not in output, output[-3000:]
     assert not (ddp_project / "m0.pt").exists() and not (ddp_project / "m0.json").exists()  # nothing half-written
     assert (ddp_project / "resume" / "m0.pt").exists()
     # rank 0 ends its run FAILED whether gloo's broken connection or torchrun's SIGTERM reaches it first

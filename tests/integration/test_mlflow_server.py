@@ -132,6 +132,36 @@ def test_a_server_restart_mid_stage_is_waited_out_and_loses_nothing(postgres, pr
         assert postgres_rows(postgres, "select status from runs where run_uuid = %s", run.run_id) == [("FINISHED",)]
 
 
+def test_a_server_restart_as_a_stage_opens_its_run_is_waited_out(postgres, project, params_with, monkeypatch,
+                                                                 caplog):
+    import threading
+    import time
+
+    project(params_with())
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "restart-between-stages")
+    with contextlib.ExitStack() as servers:
+        base = servers.enter_context(mlflow_server.local_server(postgres))
+        port = int(base.rsplit(":", 1)[1])
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", base)
+        with stage_run("verify") as first:  # the pipeline reached the server: its parent run exists
+            first.log_metrics({"train_count": 60000})
+        servers.close()  # down for 20 s exactly as the next stage opens its run (a deploy, a crash)
+        back = threading.Timer(20, lambda: servers.enter_context(mlflow_server.local_server(postgres, port=port)))
+        back.start()
+        started = time.monotonic()
+        with stage_run("preprocess") as second:
+            waited = time.monotonic() - started
+            second.log_metrics({"train_count": 48000})
+        back.join()
+    assert waited > 20
+    waits = [r.message for r in caplog.records if "waits up to" in r.message]
+    assert waits == [f"MLflow tracking server {base} is not answering; it did earlier in this pipeline, so stage "
+                     "preprocess waits up to 300 s for it (a restart?)"]  # one line, not one per retry
+    stored = postgres_rows(postgres, "select r.name, r.status from runs r join experiments e on r.experiment_id = "
+                                     "e.experiment_id where e.name = 'restart-between-stages' order by r.start_time")
+    assert stored == [("pipeline", "FINISHED"), ("verify", "FINISHED"), ("preprocess", "FINISHED")]
+
+
 @pytest.mark.fault
 def test_a_server_gone_for_good_fails_the_stage_naming_it_and_keeps_what_was_logged(postgres, project, params_with,
                                                                                      monkeypatch):

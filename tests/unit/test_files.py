@@ -60,3 +60,24 @@ def test_atomic_outputs_get_normal_permissions_not_the_temp_files_0600(tmp_path)
         os.umask(umask)
     assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "plots").stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.fault
+def test_a_stage_that_knows_its_output_size_refuses_a_disk_without_room_for_it_and_its_cache_copy(tmp_path,
+                                                                                                  monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from fmnist.errors import StageError
+    from fmnist.space import require_space
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(100 * 2**20, 70 * 2**20, 30 * 2**20))
+    require_space(tmp_path / "out" / "train", 15 * 2**20, "the arrays", cache=tmp_path)  # 2 x 15 MiB fit
+    with pytest.raises(StageError) as full:
+        require_space(tmp_path / "out" / "train", 20 * 2**20, "the arrays", cache=tmp_path)
+    assert str(full.value) == (
+        f"not enough space for the arrays in {tmp_path.resolve()}: 40.0 MiB needed (20.0 MiB of outputs, and as much "
+        "again for the DVC cache on the same filesystem), 30.0 MiB free. Nothing was written; free space and rerun "
+        "the stage")
+    assert not (tmp_path / "out").exists()
