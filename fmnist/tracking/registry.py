@@ -70,6 +70,9 @@ def log_torch_model(model: Any, example: Any) -> None:
         output = model(torch.from_numpy(example)).numpy()
     mlflow.pytorch.log_model(
         model, name="model", signature=mlflow.models.infer_signature(example, output), input_example=example,
+        # torch.export's archive: the graph as JSON, the weights as raw bytes; the one pickle in it is the example
+        # input, a tensor (tests/integration/test_tracking.py). MLflow's default on Databricks would pickle it all.
+        serialization_format="pt2",
         # Explicit: skips MLflow's slow requirement inference, and pins the torch that trained it.
         pip_requirements=locked_requirements(("torch",)),
     )

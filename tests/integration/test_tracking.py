@@ -94,6 +94,81 @@ def test_a_channels_last_member_logs_quietly_and_loads_back_with_the_same_output
         torch.testing.assert_close(loaded(torch.from_numpy(example)), model(torch.from_numpy(example)))
 
 
+# What torch's restricted (weights_only) unpickler admits for a tensor: the only pickle a member's model may hold.
+TENSOR_GLOBALS = {"torch._utils _rebuild_tensor_v2", "torch FloatStorage", "collections OrderedDict"}
+
+
+def pickles_in(name: str, data: bytes) -> dict[str, set[str]]:
+    """{record: the globals its pickle stream names} for every pickle in `data`, opening zip archives (a .pt2 archive,
+    the torch.save files inside it) whatever their names: judged by content, not by file name."""
+    import io
+    import pickletools
+    import zipfile
+
+    if data[:4] == b"PK\x03\x04":
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return {found: names for member in archive.namelist()
+                    for found, names in pickles_in(f"{name}!{member}", archive.read(member)).items()}
+    if data[:1] != b"\x80":  # every pickle protocol >= 2 stream opens with PROTO
+        return {}
+    names, strings = set(), []
+    for opcode, argument, _ in pickletools.genops(data):
+        if opcode.name == "GLOBAL":
+            names.add(argument)
+        elif opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+            strings.append(argument)
+        elif opcode.name == "STACK_GLOBAL":
+            names.add(" ".join(strings[-2:]))
+    return {name: names}
+
+
+def test_a_member_model_holds_no_pickle_but_a_tensor_and_its_loader_refuses_anything_else(project, tmp_path,
+                                                                                         monkeypatch):
+    import io
+    import json
+    import zipfile
+
+    import numpy as np
+    import torch
+    from mlflow.exceptions import MlflowException
+
+    from fmnist.model import nets
+
+    project()
+    torch.manual_seed(0)
+    model = nets.build("fast", 3, (28, 28)).eval()
+    example = np.random.default_rng(0).normal(size=(2, 1, 28, 28)).astype(np.float32)
+    with stage_run("train@m0") as run:
+        run.log_torch_model(model, example)
+    local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run.run_id}/model", dst_path=str(tmp_path / "m")))
+    found = {}
+    for path in local.rglob("*"):
+        if path.is_file():
+            found.update(pickles_in(path.relative_to(local).as_posix(), path.read_bytes()))
+    # One pickle: the example input torch.export keeps, a tensor. Weights are raw bytes, the graph is JSON.
+    assert list(found) == ["data/model.pt2!model/data/sample_inputs/model.pt!archive/data.pkl"], found
+    assert set().union(*found.values()) <= TENSOR_GLOBALS, found
+    with zipfile.ZipFile(local / "data" / "model.pt2") as archive:
+        weights = json.loads(archive.read("model/data/weights/model_weights_config.json"))["config"]
+        records = {info.filename: archive.read(info) for info in archive.infolist()}
+    assert weights and not [key for key, entry in weights.items() if entry["use_pickle"]]
+
+    # The loader as docs/mlflow.md says to run it: MLflow checks every record before torch.export.load, which
+    # would otherwise fall back to unpickling anything (weights_only=False) when the restricted unpickler refuses.
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    with torch.no_grad():
+        torch.testing.assert_close(mlflow.pytorch.load_model(str(local))(torch.from_numpy(example)),
+                                   model(torch.from_numpy(example)))
+    crafted = io.BytesIO()
+    torch.save({"x": Path("/")}, crafted)  # any object that is not a tensor: a PosixPath here, harmless
+    records["model/data/sample_inputs/model.pt"] = crafted.getvalue()
+    with zipfile.ZipFile(local / "data" / "model.pt2", "w") as archive:
+        for record, data in records.items():
+            archive.writestr(record, data)
+    with pytest.raises(MlflowException, match=r"record 'model/data/sample_inputs/model.pt'.* not a pickle-free"):
+        mlflow.pytorch.load_model(str(local))
+
+
 @pytest.mark.fault
 def test_failing_stage_leaves_a_failed_run_and_a_failed_pipeline(project):
     root = project()
@@ -219,7 +294,14 @@ def test_the_ensemble_is_logged_as_code_and_loads_without_unpickling(project, pa
     assert not [w for w in seen if "pickle" in str(w.message).lower()], [str(w.message) for w in seen]
     local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run.run_id}/ensemble", dst_path=str(tmp_path / "m")))
     files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
-    assert not [f for f in files if f.endswith((".pkl", ".pickle"))], files  # nothing cloudpickled
+    pickled = {}
+    for path in local.rglob("*"):
+        if path.is_file():
+            pickled.update(pickles_in(path.relative_to(local).as_posix(), path.read_bytes()))
+    # nothing cloudpickled: the one pickle is the weights file, tensors that load with weights_only=True
+    assert list(pickled) == ["artifacts/ensemble.pt!archive/data.pkl"], pickled
+    assert {name for name in pickled["artifacts/ensemble.pt!archive/data.pkl"] if "Storage" not in name} <= \
+        TENSOR_GLOBALS, pickled
     code = sorted(f for f in files if f.startswith("code/"))
     assert code and all(f.startswith(("code/fmnist/model/", "code/fmnist/serving/")) or f == "code/fmnist/__init__.py"
                         for f in code), code  # the served code only: no stage, tool or tracking module
