@@ -106,60 +106,47 @@ def test_a_team_server_keeps_runs_in_postgresql_and_artifacts_in_s3_behind_its_p
     assert any(key.endswith(f"{run.run_id}/artifacts/notes/verify.txt") for key in keys), keys
 
 
-def test_a_server_restart_mid_stage_is_waited_out_and_loses_nothing(postgres, project, params_with, monkeypatch):
+def test_server_restarts_mid_stage_and_as_a_stage_opens_its_run_are_waited_out(postgres, project, params_with,
+                                                                               monkeypatch, caplog):
     import threading
     import time
 
     project(params_with())
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "restart")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "restarts")
     with contextlib.ExitStack() as servers:
         base = servers.enter_context(mlflow_server.local_server(postgres))
         port = int(base.rsplit(":", 1)[1])
         monkeypatch.setenv("MLFLOW_TRACKING_URI", base)
-        with stage_run("train@m0") as run:
-            run.log_metrics({"val_accuracy": 0.8}, step=1)
-            servers.close()  # the server goes down mid-stage...
-            back = threading.Timer(3, lambda: servers.enter_context(mlflow_server.local_server(postgres, port=port)))
-            back.start()  # ...and is back a few seconds later (its start takes a few more)
+
+        def restart_after(seconds: float) -> threading.Timer:
+            servers.close()
+            back = threading.Timer(seconds, lambda: servers.enter_context(
+                mlflow_server.local_server(postgres, port=port)))
+            back.start()
+            return back
+
+        with stage_run("train@m0") as first:
+            first.log_metrics({"val_accuracy": 0.8}, step=1)
+            back = restart_after(3)  # down mid-stage, back a few seconds later (its start takes a few more)
             started = time.monotonic()
-            run.log_metrics({"val_accuracy": 0.9}, step=2)  # waits for it rather than failing the stage
-            waited = time.monotonic() - started
+            first.log_metrics({"val_accuracy": 0.9}, step=2)  # waits for it rather than failing the stage
+            mid_stage_wait = time.monotonic() - started
             back.join()
-        assert waited > 3
-        history = postgres_rows(postgres, "select step, value from metrics where run_uuid = %s order by step",
-                                run.run_id)
-        assert history == [(1, 0.8), (2, 0.9)]
-        assert postgres_rows(postgres, "select status from runs where run_uuid = %s", run.run_id) == [("FINISHED",)]
-
-
-def test_a_server_restart_as_a_stage_opens_its_run_is_waited_out(postgres, project, params_with, monkeypatch,
-                                                                 caplog):
-    import threading
-    import time
-
-    project(params_with())
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "restart-between-stages")
-    with contextlib.ExitStack() as servers:
-        base = servers.enter_context(mlflow_server.local_server(postgres))
-        port = int(base.rsplit(":", 1)[1])
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", base)
-        with stage_run("verify") as first:  # the pipeline reached the server: its parent run exists
-            first.log_metrics({"train_count": 60000})
-        servers.close()  # down for 20 s exactly as the next stage opens its run (a deploy, a crash)
-        back = threading.Timer(20, lambda: servers.enter_context(mlflow_server.local_server(postgres, port=port)))
-        back.start()
+        back = restart_after(20)  # down for 20 s exactly as the next stage opens its run (a deploy, a crash)
         started = time.monotonic()
-        with stage_run("preprocess") as second:
-            waited = time.monotonic() - started
-            second.log_metrics({"train_count": 48000})
+        with stage_run("ensemble") as second:
+            opening_wait = time.monotonic() - started
+            second.log_metrics({"members": 1})
         back.join()
-    assert waited > 20
+    assert mid_stage_wait > 3 and opening_wait > 20
+    assert postgres_rows(postgres, "select step, value from metrics where run_uuid = %s order by step",
+                         first.run_id) == [(1, 0.8), (2, 0.9)]
     waits = [r.message for r in caplog.records if "waits up to" in r.message]
     assert waits == [f"MLflow tracking server {base} is not answering; it did earlier in this pipeline, so stage "
-                     "preprocess waits up to 300 s for it (a restart?)"]  # one line, not one per retry
+                     "ensemble waits up to 300 s for it (a restart?)"]  # one line, not one per retry
     stored = postgres_rows(postgres, "select r.name, r.status from runs r join experiments e on r.experiment_id = "
-                                     "e.experiment_id where e.name = 'restart-between-stages' order by r.start_time")
-    assert stored == [("pipeline", "FINISHED"), ("verify", "FINISHED"), ("preprocess", "FINISHED")]
+                                     "e.experiment_id where e.name = 'restarts' order by r.start_time")
+    assert stored == [("pipeline", "FINISHED"), ("train@m0", "FINISHED"), ("ensemble", "FINISHED")]
 
 
 @pytest.mark.fault
