@@ -143,17 +143,18 @@ def test_a_missing_run_cache_output_stops_the_pull_before_the_checkout(pushed, b
     assert not (teammate / "out.txt").exists() and not run_cache_keys(teammate)
 
 
-def test_only_the_run_cache_of_the_stages_in_this_dvc_lock_is_taken(pushed, tmp_path):
+def test_only_the_run_cache_of_the_stages_in_this_dvc_lock_is_taken(pushed, bucket, tmp_path):
     repo, prefix = pushed
-    pusher = clone_of(repo, prefix, tmp_path / "pusher")
-    sh(pusher, "fmnist", "share", "pull")
-    (pusher / "params.yaml").write_text("n: 4\n")  # another run of the stage, pushed with DVC's whole run-cache
-    sh(pusher, "dvc", "repro")
-    sh(pusher, "dvc", "push", "--run-cache")
-    (pusher / "params.yaml").write_text("n: 3\n")
-    sh(pusher, "dvc", "repro")
-    assert len(run_cache_keys(pusher)) == 2
+    s3 = s3_client(bucket)
+    # Another pipeline's entry on the remote (as `dvc push --run-cache` of any other run leaves it): its stage key
+    # is not one of this dvc.lock's, so a pull must not take it
+    (entry_key,) = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/runs/")["Contents"]]
+    other = hashlib.sha256(b"another pipeline's stage").hexdigest()
+    s3.copy_object(Bucket=BUCKET, Key=f"{prefix}/runs/{other[:2]}/{other}/{entry_key.rsplit('/', 1)[1]}",
+                   CopySource={"Bucket": BUCKET, "Key": entry_key})
+    assert len(s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/runs/")["Contents"]) == 2
     teammate = clone_of(repo, prefix, tmp_path / "teammate")
     sh(teammate, "fmnist", "share", "pull")
-    assert run_cache_keys(teammate) == run_cache_keys(repo)  # the one entry of n: 3
+    assert run_cache_keys(teammate) == run_cache_keys(repo)  # the one entry of this dvc.lock's stage
+    assert other not in run_cache_keys(teammate)
     assert (teammate / "out.txt").read_text() == "shared\n" * 3
