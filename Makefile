@@ -19,7 +19,7 @@ DATASET_PACKAGE := dataset-fashion-mnist
 # dvc.yaml's `python -m stages.<name>` must find the venv's python.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup lock dataset-package postgresql repro test test-fast test-random mlflow-server
+.PHONY: setup lock dataset-package postgresql chromium repro test test-fast test-random mlflow-server
 
 setup: $(VENV)/.installed
 
@@ -64,13 +64,17 @@ dataset-package:
 postgresql:
 	$(call apt_install,postgresql,ls /usr/lib/postgresql/*/bin/initdb,install it for the team-server tests)
 
+# Headless Chromium, for the test that renders the PR report's HTML page.
+chromium:
+	$(call apt_install,chromium,command -v chromium,install it for the report's rendering test)
+
 # `fmnist cached`: a full disk makes `dvc repro` exit 0 with its outputs left out of the cache; this fails then.
 repro: setup dataset-package
 	dvc repro
 	fmnist cached
 
 # Every tier (unit, integration, e2e), on every core; what CI runs (.ci/run).
-test: setup dataset-package postgresql
+test: setup dataset-package postgresql chromium
 	python -m pytest -n auto --dist loadgroup
 
 # The unit tier alone: seconds, no server, no real data; run it before each commit.
@@ -79,7 +83,7 @@ test-fast: setup
 
 # Every tier in a random order (RANDOM_SEED=<n> repeats one): no test depends on another's leftovers.
 RANDOM_SEED ?= $(shell $(PYTHON) -c 'import random; print(random.randrange(10**6))')
-test-random: setup dataset-package postgresql
+test-random: setup dataset-package postgresql chromium
 	python -m pytest -n auto --dist loadgroup --random-order-bucket=global \
 	  --random-order-seed=$(RANDOM_SEED)
 

@@ -13,8 +13,22 @@
 # 2. CI profile: profiles/ci.yaml run on both revisions here (a subset, 2 epochs, 2 members), in worktrees
 #    sharing one DVC cache, each result committed to a throwaway ref so `report` can diff them as revisions.
 # Exit status: that of the regression gate on the committed results, or 1 when the CI profile fails on the branch.
+# Pictures: each part's changed pictures, before and after, and both revisions' training curves are in an HTML
+# page with everything embedded, under REPORT_DIR (default: report/), which the workflow keeps as the artifact
+# `pr-report`. Where REPORT_ASSETS_URL names a place REPORT_DIR is published at (CML's `cml comment create
+# --publish` does this on GitHub), the comment shows them inline too.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
+out=${REPORT_DIR:-report}
+mkdir -p "$out"
+pictures() {  # $1 = this part's name: its HTML page and picture folder under $out; one argument a line
+  printf '%s\n' --html "$out/$1.html" --assets "$out/$1"
+  if [ -n "${REPORT_ASSETS_URL:-}" ]; then
+    printf '%s\n' --assets-url "$REPORT_ASSETS_URL/$1"
+  else
+    printf '%s\n' --pictures-elsewhere "the pictures, before and after: \`$1.html\` in this run's artifact \`pr-report\`"
+  fi
+}
 base_branch=${1:-$(git rev-parse --verify -q origin/main >/dev/null && echo origin/main || echo main)}
 base=$(git merge-base HEAD "$base_branch")
 work=$(mktemp -d)
@@ -35,7 +49,8 @@ echo "# Pipeline report"
 echo
 echo "## Committed results (full pipeline, as measured and committed on this branch)"
 echo
-fmnist report --base "$base" --fail-on-regression --head HEAD | sed 's/^## /### /'
+mapfile -t committed_pictures < <(pictures committed)
+fmnist report --base "$base" --fail-on-regression --head HEAD "${committed_pictures[@]}" | sed 's/^## /### /'
 gate=${PIPESTATUS[0]}
 echo
 if [ -n "${2:-}" ]; then
@@ -55,7 +70,8 @@ elif ! head_result=$(run_profile HEAD "$work/head"); then
   gate=1
 else
   # Informational: small-profile numbers move with any change; only the committed results gate the merge.
-  fmnist report --base "$base_result" --head "$head_result" \
-    | sed 's/^## /### /; s/^### Regression gate$/### Regression gate (informational: it gates only the committed results)/'
+  mapfile -t profile_pictures < <(pictures ci-profile)
+  fmnist report --base "$base_result" --head "$head_result" "${profile_pictures[@]}" \
+    | sed 's/^## /### /; s/^\*\*\(✅ Gate passed\|❌ Gate failed\)\*\*/**\1 (informational: only the committed results gate the merge)**/'
 fi
 exit "$gate"

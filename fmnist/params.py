@@ -168,13 +168,59 @@ class Visualize(Section):
     seed: int = Field(ge=0)
 
 
+Better = Literal["higher", "lower"]
+
+
 class Gate(Section):
     metric: str = Field(min_length=1, description="metric name as in metrics/*.json (flattened with dots)")
     max_worsening: float = Field(ge=0, description="largest allowed change for the worse, in the metric's units")
+    better: Better | None = Field(None, description="filled in from report.directions: not written in params.yaml")
+
+
+class Direction(Section):
+    pattern: str = Field(min_length=1, description="fnmatch pattern on a metric's name (flattened with dots)")
+    better: Literal["higher", "lower", "none"]
+
+
+class Timings(Section):
+    tolerance: float = Field(gt=0, description="relative change below which a timing is not flagged (host noise)")
+    patterns: list[Direction] = Field(min_length=1)
 
 
 class Report(Section):
+    headline: list[str] = Field(min_length=1, description="the metrics of the report's first table, in order")
+    directions: list[Direction] = Field(description="first match decides; a metric none matches gets no verdict")
+    timings: Timings
     gates: list[Gate]
+
+    def direction(self, metric: str) -> Better | None:
+        """Which way `metric` is better, as declared; None for 'none' and for a metric no pattern matches."""
+        from fnmatch import fnmatchcase
+
+        found = next((rule.better for rule in self.directions if fnmatchcase(metric, rule.pattern)), "none")
+        return None if found == "none" else found
+
+    def timing(self, metric: str) -> Better | None | Literal[False]:
+        """Which way a timing is better; False when `metric` is not a timing."""
+        from fnmatch import fnmatchcase
+
+        found = next((rule.better for rule in self.timings.patterns if fnmatchcase(metric, rule.pattern)), False)
+        return None if found == "none" else found
+
+    @model_validator(mode="after")
+    def _gates_have_directions(self) -> Report:
+        resolved = []
+        for gate in self.gates:
+            better = self.direction(gate.metric)
+            if better is None:
+                raise ValueError(f"report.gates: {gate.metric} has no direction in report.directions (a pattern "
+                                 "with better: higher or lower), so no change of it can be called worse")
+            if gate.better not in (None, better):
+                raise ValueError(f"report.gates: {gate.metric} says better: {gate.better}, report.directions says "
+                                 f"{better}")
+            resolved.append(gate.model_copy(update={"better": better}))
+        object.__setattr__(self, "gates", resolved)  # frozen: the one place a section completes itself
+        return self
 
 
 MemberName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")]

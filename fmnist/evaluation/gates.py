@@ -1,15 +1,16 @@
-"""The regression gate: which metrics got worse by more than their tolerance in params.yaml (`report.gates`).
-Read by the PR report and by the champion alias alike."""
+"""The regression gate: which metrics got worse by more than their tolerance in params.yaml (`report.gates`), in the
+direction `report.directions` declares for each (never guessed from a name). Read by the PR report and by the
+champion alias alike."""
 from __future__ import annotations
 
 from fmnist.params import Gate
 
-# Metrics where smaller is better; every other metric is taken as larger-is-better.
-LOWER_IS_BETTER = ("loss", "ece", "seconds", "imbalance")
 
-
-def lower_is_better(metric: str) -> bool:
-    return any(word in metric for word in LOWER_IS_BETTER)
+def worsening(gate: Gate, diff: float) -> float:
+    """How much worse a change of `diff` is for the gate's metric (negative: better)."""
+    if gate.better is None:
+        raise ValueError(f"gate on {gate.metric} has no direction: build gates through params' report section")
+    return diff if gate.better == "lower" else -diff
 
 
 def regressions(rows: list[dict], gates: list[Gate]) -> list[str]:
@@ -20,7 +21,7 @@ def regressions(rows: list[dict], gates: list[Gate]) -> list[str]:
         for row in rows:
             if row["metric"] != gate.metric or not isinstance(row["diff"], (int, float)):
                 continue
-            worse_by = row["diff"] if lower_is_better(gate.metric) else -row["diff"]
+            worse_by = worsening(gate, row["diff"])
             if worse_by > gate.max_worsening:
                 found.append(f"{row['path']}: {gate.metric} got worse by {worse_by:.6g} "
                              f"({row['old']} -> {row['new']}), more than the allowed {gate.max_worsening:g}")

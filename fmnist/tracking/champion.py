@@ -15,7 +15,7 @@ import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from fmnist.evaluation.gates import lower_is_better
+from fmnist.evaluation.gates import worsening
 from fmnist.params import Gate
 
 log = logging.getLogger("fmnist.tracking")
@@ -43,7 +43,7 @@ def worse_on(new: Mapping[str, float], old: Mapping[str, float], gates: list[Gat
     for gate in gates:
         if gate.metric in new and gate.metric in old:
             diff = new[gate.metric] - old[gate.metric]
-            if (diff > 0) if lower_is_better(gate.metric) else (diff < 0):
+            if worsening(gate, diff) > 0:
                 worse.append(f"{gate.metric} {old[gate.metric]:.6g} -> {new[gate.metric]:.6g}")
     return worse
 

@@ -8,7 +8,7 @@ import pytest
 from fmnist.params import Gate
 from fmnist.tracking.champion import promote, record_gated_metrics
 
-GATES = [Gate(metric="ensemble_accuracy", max_worsening=0.003), Gate(metric="ensemble_log_loss", max_worsening=0.01)]
+GATES = [Gate(metric="ensemble_accuracy", max_worsening=0.003, better="higher"), Gate(metric="ensemble_log_loss", max_worsening=0.01, better="lower")]
 NAME = "tiny-ensemble"
 
 
