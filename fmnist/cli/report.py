@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> None:
     else:
         sys.stdout.write(text)
     if args.html:
-        write_text(args.html, to_html(sections.document(*content)))
+        write_text(args.html, to_html(sections.document(*content, pictures_open=True)))
     if failed and args.fail_on_regression:
         raise StageError("regression gate failed:\n  " + "\n  ".join(failed))
 

@@ -147,9 +147,9 @@ def collapsed(rows: list[dict], report: Report) -> list[Details]:
 
 def document(title: str, labels: tuple[str, str], rows: list[dict], params_diff: dict, report: Report,
              gates: list[Gate], failed: list[str], gates_from: str, pictures: list[Picture | Figure],
-             links: list[str], pictures_elsewhere: str | None = None) -> Document:
+             links: list[str], pictures_elsewhere: str | None = None, pictures_open: bool = False) -> Document:
     """The whole report; with `pictures_elsewhere`, its pictures section says where they are instead of showing
-    them (a comment where no URL can serve them)."""
+    them (a comment where no URL can serve them); `pictures_open` unfolds them (the HTML page, which has room)."""
     changed = [r for r in rows if r["old"] != r["new"]]
     blocks: list = []
     if changed:
@@ -170,5 +170,5 @@ def document(title: str, labels: tuple[str, str], rows: list[dict], params_diff:
     blocks += collapsed(rows, report)
     if pictures:
         shown = [Text(pictures_elsewhere)] if pictures_elsewhere else pictures
-        blocks.append(Details(f"Pictures: {len(pictures)} changed", shown))
+        blocks.append(Details(f"Pictures: {len(pictures)} changed", shown, open=pictures_open))
     return Document(title, blocks, labels)
