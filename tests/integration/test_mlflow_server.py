@@ -166,3 +166,37 @@ def test_a_server_gone_for_good_fails_the_stage_naming_it_and_keeps_what_was_log
     assert f"MLflow tracking store {base} failed during stage train@m1 (run {run.run_id})" in message
     assert "What was logged before is kept there" in message and "`dvc repro` reruns it" in message
     assert postgres_rows(postgres, "select step, value from metrics where run_uuid = %s", run.run_id) == [(1, 0.8)]
+
+
+def test_the_pr_report_links_the_compare_page_of_both_revisions_pipeline_runs(server, tmp_path, monkeypatch):
+    import urllib.parse
+
+    import mlflow
+
+    from fmnist.cli.report import compare_link
+    from fmnist.tracking.lineage import lock_outputs, outputs_digest
+    from tests.conftest import commit_all, init_repo
+
+    repo = init_repo(tmp_path / "repo")
+    client = mlflow.MlflowClient(server)
+    experiment = client.create_experiment("report-links")
+    ids = []
+    for md5 in ("a" * 32, "b" * 32):  # two revisions whose dvc.lock records different outputs
+        (repo / "dvc.lock").write_text(f"schema: '2.0'\nstages:\n  train:\n    outs:\n    - path: m.pt\n"
+                                       f"      md5: {md5}\n")
+        commit_all(repo, md5[0])
+        run = client.create_run(experiment, tags={"stage": "pipeline",
+                                                  "dvc_outs_digest": outputs_digest(lock_outputs(repo / "dvc.lock"))})
+        ids.append(run.info.run_id)
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    (link,) = compare_link("HEAD~1", "HEAD")
+    assert link.startswith(f"[Compare the two pipeline runs in MLflow]({server}/#/compare-runs?runs=")
+    query = urllib.parse.parse_qs(link[link.index("?") + 1:-1])
+    assert json.loads(query["runs"][0]) == ids and json.loads(query["experiments"][0]) == [experiment]
+    # the workspace: results no pipeline run logged
+    (repo / "dvc.lock").write_text((repo / "dvc.lock").read_text().replace("b" * 32, "c" * 32))
+    (missing,) = compare_link("HEAD~1", None)
+    assert "has no pipeline run with the head revision's outputs: no compare link" in missing
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'local.db'}")
+    assert compare_link("HEAD~1", "HEAD") == []  # a local store has no page to link to
