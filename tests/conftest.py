@@ -194,7 +194,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # The longest tests, first in their tier: pytest-xdist hands tests out in this order, so the last minutes of a run
 # are not one worker finishing a long test while the other has nothing left.
-LONGEST_FIRST = ("tests/e2e/test_team.py", "tests/integration/test_mlflow_server.py")
+LONGEST_FIRST = ("tests/e2e/test_team.py", "tests/integration/test_distributed.py", "tests/integration/test_share.py",
+                 "tests/integration/test_mlflow_server.py", "tests/integration/test_team_auth.py")
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-random-order's, which reorders after this when asked to
