@@ -190,7 +190,9 @@ def chromium_dom(page: Path, screenshot: Path) -> str:
     shot = subprocess.run([binary, *flags, f"--screenshot={screenshot}", "--window-size=1280,1800",
                            page.as_uri()], capture_output=True, text=True, timeout=120)
     assert shot.returncode == 0, shot.stderr[-2000:]
-    dom = subprocess.run([binary, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
-                         timeout=120)
+    dom = subprocess.run([binary, *flags, "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
+    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line]
+    assert not [line for line in console if "Uncaught" in line or "Error" in line], console  # the page's own
     return dom.stdout
