@@ -25,6 +25,7 @@ from mlflow.exceptions import MlflowException
 from fmnist.params import parse_params
 from fmnist.redaction import redact
 from fmnist.tracking import lineage
+from fmnist.tracking.registry import ensemble_name
 from fmnist.tracking.run import experiment_name
 from fmnist.tracking.store import TrackingError, error_code, experiment_id, refusal, tracking_uri
 
@@ -105,7 +106,7 @@ def owned_resources(uri: str) -> dict[str, str]:
     """{resource type: id or name} of this pipeline's experiment and registered ensemble, created by the admin when
     missing: whoever creates one manages it, so no teammate may be first."""
     experiment = experiment_id(experiment_name(), uri)
-    model = f"{parse_params(lineage.all_params()).dataset.name}-ensemble"
+    model = ensemble_name(parse_params(lineage.all_params()).dataset.name)
     client = mlflow.MlflowClient(uri)
     try:
         client.get_registered_model(model)

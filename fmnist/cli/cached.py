@@ -11,33 +11,62 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 from pathlib import Path
 
 from fmnist.errors import StageError
 
 
+MD5 = re.compile(r"[0-9a-f]{32}(\.dir)?")
+
+
 class NotCachedError(StageError):
     """Outputs dvc.lock names are missing from the DVC cache."""
+
+
+class ObjectIdError(StageError):
+    """Something that should name a DVC object (an md5) names anything else."""
+
+
+def checked_md5(value: object, where: str) -> str:
+    """`value` if it is an md5 DVC would write; anything else (a path, `../`, a URL) is refused."""
+    if not isinstance(value, str) or not MD5.fullmatch(value):
+        raise ObjectIdError(f"{where}: {value!r} is not an md5 (32 hex digits, optionally .dir); refusing it, "
+                            "nothing in the workspace or the cache was changed")
+    return value
+
+
+def lock_outputs(repo, cached_only: bool = False) -> dict[str, str]:
+    """{md5: output path} for each output the workspace's dvc.lock records (only those DVC caches, if asked)."""
+    return {out.hash_info.value: out.def_path for stage in repo.index.stages for out in stage.outs
+            if out.hash_info and out.hash_info.value and (out.use_cache or not cached_only)}
+
+
+def directory_files(repo, md5: str) -> dict[str, str]:
+    """{md5: relative path} of the files a directory object lists, each md5 checked; {} where `md5` is not a
+    directory object or the local cache lacks it (DVC's transfer of a bare .dir object does not bring them)."""
+    cache = repo.cache.local
+    if not md5.endswith(".dir") or not cache.exists(md5):
+        return {}
+    listing = json.loads(Path(cache.oid_to_path(md5)).read_text())
+    return {checked_md5(item.get("md5"), f"directory object {md5}"): item.get("relpath", "?") for item in listing}
+
+
+def lock_objects(repo) -> dict[str, str]:
+    """{md5: path} for every object the workspace's dvc.lock names: each cached output, and the files of each
+    directory output whose listing is in the local cache."""
+    named = lock_outputs(repo, cached_only=True)
+    for md5, path in list(named.items()):
+        named.update({file: f"{path}/{relpath}" for file, relpath in directory_files(repo, md5).items()
+                      if file not in named})
+    return named
 
 
 def missing_from_cache(repo) -> dict[str, str]:
     """{md5: output path} of every cached output dvc.lock records (each file of a directory output too) that the
     local DVC cache lacks."""
-    cache = repo.cache.local
-    missing = {}
-    for stage in repo.index.stages:
-        for out in stage.outs:
-            md5 = out.hash_info.value if out.hash_info else None
-            if not out.use_cache or not md5:
-                continue
-            if not cache.exists(md5):
-                missing[md5] = out.def_path
-            elif md5.endswith(".dir"):
-                listing = json.loads(Path(cache.oid_to_path(md5)).read_text())
-                missing.update({item["md5"]: f"{out.def_path}/{item['relpath']}" for item in listing
-                                if not cache.exists(item["md5"])})
-    return missing
+    return {md5: path for md5, path in lock_objects(repo).items() if not repo.cache.local.exists(md5)}
 
 
 def require_cached(repo) -> None:

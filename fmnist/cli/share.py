@@ -26,24 +26,15 @@ from pathlib import Path
 
 import yaml
 
-from fmnist.cli.cached import require_cached
+from fmnist.cli.cached import checked_md5, directory_files, lock_objects, lock_outputs, require_cached
 from fmnist.errors import StageError
 
 log = logging.getLogger("fmnist.share")
-MD5 = re.compile(r"[0-9a-f]{32}(\.dir)?")
 SHA256 = re.compile(r"[0-9a-f]{64}")  # a run-cache key or entry name
 
 
 class RemoteError(StageError):
     """The DVC remote cannot be reached, refuses access, or lacks what was asked for."""
-
-
-def checked_md5(value: object, where: str) -> str:
-    """`value` if it is an md5 DVC would write; anything else (a path, `../`, a URL) is refused."""
-    if not isinstance(value, str) or not MD5.fullmatch(value):
-        raise RemoteError(f"{where}: {value!r} is not an md5 (32 hex digits, optionally .dir); refusing it, nothing "
-                          "in the workspace or the cache was changed")
-    return value
 
 
 def entry_objects(entry: Path) -> set[str]:
@@ -120,14 +111,9 @@ class Remote:
             raise self.fail(action, self.name_objects(lines[-1] if lines else
                                                       f"`dvc {' '.join(args)}` exited {done.returncode}"))
 
-    def lock_outputs(self, cached_only: bool = False) -> dict[str, str]:
-        """{md5: output path} for each output the workspace's dvc.lock records (only those DVC caches, if asked)."""
-        return {out.hash_info.value: out.def_path for stage in self.repo.index.stages for out in stage.outs
-                if out.hash_info and out.hash_info.value and (out.use_cache or not cached_only)}
-
     def name_objects(self, message: str) -> str:
         """`message` with each md5 of a dvc.lock output followed by that output's path."""
-        paths = self.lock_outputs()
+        paths = lock_outputs(self.repo)
         return re.sub(r"[0-9a-f]{32}(?:\.dir)?", lambda m: f"{m[0]} ({paths[m[0]]})" if m[0] in paths else m[0],
                       message)
 
@@ -143,23 +129,8 @@ class Remote:
         return self.fs.join(self.path, "runs", key[:2], key)
 
     def with_directory_entries(self, md5s: set[str]) -> set[str]:
-        """`md5s` plus the files of every directory object among them that the local cache holds (a
-        directory's .dir object lists them; DVC's transfer of a bare .dir object does not bring them)."""
-        cache = self.repo.cache.local
-        entries = set()
-        for md5 in md5s:
-            if md5.endswith(".dir") and cache.exists(md5):
-                listing = json.loads(Path(cache.oid_to_path(md5)).read_text())
-                entries.update(checked_md5(item.get("md5"), f"directory object {md5}") for item in listing)
-        return md5s | entries
-
-    def lock_objects(self) -> dict[str, str]:
-        """{md5: output path} for every object the workspace's dvc.lock names: each cached output, and the files
-        of each directory output whose listing is in the local cache."""
-        named = self.lock_outputs(cached_only=True)
-        for md5 in self.with_directory_entries(set(named)) - set(named):
-            named[md5] = "a file of a directory output"
-        return named
+        """`md5s` plus the files of every directory object among them that the local cache holds."""
+        return md5s.union(*(directory_files(self.repo, md5) for md5 in md5s))
 
     def check_arrived(self, named: dict[str, str]) -> None:
         """Every object in the local cache. DVC reports an object fetched even when the remote lacks it (a
@@ -262,7 +233,7 @@ def pull(remote: str | None = None) -> None:
     if missing:
         raise source.fail("pull from", f"{len(missing)} outputs this commit's dvc.lock names are missing "
                           "there: " + ", ".join(missing))
-    source.check_arrived(source.lock_objects())
+    source.check_arrived(lock_objects(source.repo))
     with tempfile.TemporaryDirectory(dir=source.local_runs.parent) as staging:
         staged, md5s = source.fetch_run_cache(Path(staging))
         # the directory objects first: only once they are here do we know which files they list

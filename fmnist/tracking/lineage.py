@@ -87,9 +87,12 @@ def pipeline_key() -> str:
 def lock_outputs(lock_path: str | Path = LOCK_FILE) -> dict[str, dict[str, str]]:
     """{stage: {out path: md5}} from dvc.lock (metrics and plots included: DVC lists them as outs)."""
     path = Path(lock_path)
-    if not path.is_file():
-        return {}
-    lock = yaml.safe_load(path.read_text()) or {}
+    return lock_text_outputs(path.read_text()) if path.is_file() else {}
+
+
+def lock_text_outputs(text: str) -> dict[str, dict[str, str]]:
+    """lock_outputs of a dvc.lock's text (one read from git, say)."""
+    lock = yaml.safe_load(text) or {}
     return {stage: {out["path"]: out["md5"] for out in entry.get("outs", []) if "md5" in out}
             for stage, entry in (lock.get("stages") or {}).items()}
 

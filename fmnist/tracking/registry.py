@@ -33,6 +33,11 @@ SERVED_PACKAGES = ("model", "serving")
 SERVING_PACKAGES = ("mlflow", "numpy", "pandas", "pillow", "scipy", "torch")
 
 
+def ensemble_name(dataset: str) -> str:
+    """The registered model of a dataset's ensemble: `fashion-mnist-ensemble`."""
+    return f"{dataset}-ensemble"
+
+
 def lock_pins(lock: Path = LOCK_FILE) -> dict[str, str]:
     """{normalized name: 'name==version'} for every package requirements.lock pins."""
     from packaging.utils import canonicalize_name

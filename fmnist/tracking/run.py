@@ -145,8 +145,8 @@ class StageRun:
         `champion` moves to it unless it is worse than the champion beyond params.yaml's `report.gates`.
         Returns what happened to the alias (fmnist.tracking.registry.log_ensemble_model)."""
         params = parse_params(lineage.all_params())
-        return registry.log_ensemble_model(path, example, f"{params.dataset.name}-ensemble", params.report.gates,
-                                           metrics, metadata)
+        return registry.log_ensemble_model(path, example, registry.ensemble_name(params.dataset.name),
+                                           params.report.gates, metrics, metadata)
 
 
 def experiment_name() -> str:
