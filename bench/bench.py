@@ -1,8 +1,9 @@
-"""Speed benchmark of the model zoo: prints, per net, training and inference images/s, achieved GFLOP/s and
-seconds per epoch; with --accuracy also the training time to reach 92/93/94% test accuracy.
+"""Speed benchmark of the model zoo: prints the host's matmul roofline, then per net training and inference
+images/s, achieved GFLOP/s, their fraction of the roofline and seconds per epoch; with --accuracy also the
+training time to reach 92/93/94% test accuracy, over --seeds members (mean and std).
 
-    python bench/bench.py                        # throughput of every net on the default device
-    python bench/bench.py --nets fast --accuracy # + a full training run of the fast net (minutes on a CPU)
+    python bench/bench.py                        # roofline + throughput of every net on the default device
+    python bench/bench.py --nets fast --accuracy --seeds 5  # + time to 94%: 5 members (minutes each on a CPU)
     python bench/bench.py --nets fast --layouts 1x2 2x1  # DDP training steps: processes x threads each
 
 Test accuracy is measured after every epoch here for the time-to-accuracy figures only: the pipeline itself
@@ -26,11 +27,32 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fmnist.device import autocast, pick_device, set_threads
 from fmnist.model import nets
-from fmnist.model.nets import Normalizer
+from fmnist.model.nets import Normalizer, for_inference
 from fmnist.params import load_params
-from fmnist.training.loop import Images, evaluate, fit, load_member_data
+from fmnist.training.loop import Images, fit, load_member_data
 
 TARGETS = (0.92, 0.93, 0.94)
+
+
+def matmul_gflops(threads: int, device: torch.device, precision: str, n: int = 4096, seconds: float = 3.0) -> float:
+    """GFLOP/s of an n x n matmul in `precision` on `threads` threads (or the GPU): the practical ceiling a
+    training step's convolutions (im2col/Winograd matmuls underneath) can approach."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        a @ b
+        sync()
+        count, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            a @ b
+            count += 1
+        sync()
+        return 2 * n ** 3 * count / (time.perf_counter() - started) / 1e9
+    finally:
+        torch.set_num_threads(previous)
 
 
 def forward_flops(model: torch.nn.Module, shape: tuple[int, int]) -> int:
@@ -105,32 +127,68 @@ def layout_throughput(name: str, processes: int, threads: int, precision: str, b
     return results.get()
 
 
-def time_to_accuracy(name, params, device, data_dir: Path, epochs: int) -> dict[float, float | None]:
-    """Train `name` with the pipeline's recipe on split 0; seconds of training until test accuracy first
-    reaches each target (None if never)."""
+@torch.no_grad()
+def test_accuracy(model, test: Images, norm: Normalizer, cfg) -> tuple[float, float]:
+    """Test accuracy of the image alone and with flip TTA (the mean of the image's and its mirror image's
+    probabilities, as the ensemble scores its members)."""
+    model = for_inference(model)
+    plain = flipped = 0
+    for start in range(0, len(test), cfg.eval_batch_size):
+        x, y = test.x[start:start + cfg.eval_batch_size], test.y[start:start + cfg.eval_batch_size]
+        with autocast(x.device, cfg.precision):
+            p = model(norm(x)).float().softmax(1)
+            q = model(norm(x.flip(-1))).float().softmax(1)
+        plain += (p.argmax(1) == y).sum().item()
+        flipped += ((p + q).argmax(1) == y).sum().item()
+    return plain / len(test), flipped / len(test)
+
+
+VIEWS = ("plain", "flip TTA")
+
+
+def time_to_accuracy(name, params, device, data_dir: Path, epochs: int, seed: int) -> dict[str, dict]:
+    """Train `name` with the pipeline's recipe as a member of seed `seed` on split `seed` (mod the splits); per
+    view (plain, flip TTA), seconds of training until test accuracy first reaches each target (None if never)."""
     cfg = params.train.model_copy(update={"net": name, "epochs": epochs})
-    fit_data, val_data, mean, std = load_member_data(data_dir / "train", 0, device)
+    split = seed % params.preprocess.n_splits
+    fit_data, val_data, mean, std = load_member_data(data_dir / "train", split, device)
     test = Images(torch.from_numpy(np.load(data_dir / "test/images.npy")).unsqueeze(1).to(device),
                   torch.from_numpy(np.load(data_dir / "test/labels.npy").astype(np.int64)).to(device))
     norm = Normalizer(torch.from_numpy(mean).to(device), torch.from_numpy(std).to(device), cfg.channels_last)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = nets.build(name, len(params.dataset.classes), tuple(params.dataset.image_shape)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    reached: dict[float, float | None] = dict.fromkeys(TARGETS)
+    reached: dict[str, dict] = {view: dict.fromkeys(TARGETS) for view in VIEWS}
     elapsed = 0.0
 
     def on_epoch(row):
         nonlocal elapsed
         elapsed += row["seconds"]
-        _, accuracy = evaluate(model, test, norm, cfg)
-        print(f"  {name} epoch {row['epoch']}: test accuracy {100 * accuracy:.2f}% after {elapsed:.0f}s", flush=True)
-        for target in TARGETS:
-            if reached[target] is None and accuracy >= target:
-                reached[target] = elapsed
+        accuracies = dict(zip(VIEWS, test_accuracy(model, test, norm, cfg), strict=True))
+        print(f"  {name} seed {seed} epoch {row['epoch']}: test accuracy {100 * accuracies['plain']:.2f}% "
+              f"({100 * accuracies['flip TTA']:.2f}% with flip TTA) after {elapsed:.0f} s of training", flush=True)
+        for view, accuracy in accuracies.items():
+            for target in TARGETS:
+                if reached[view][target] is None and accuracy >= target:
+                    reached[view][target] = elapsed
 
-    fit(model, fit_data, val_data, norm, cfg, seed=0, on_epoch=on_epoch)
+    fit(model, fit_data, val_data, norm, cfg, seed=seed, on_epoch=on_epoch)
     return reached
+
+
+def report_time_to_accuracy(name: str, runs: list[dict[str, dict]]) -> None:
+    """One line per view and target: seconds of training to reach it, mean and std over the members that reached
+    it, and each seed's."""
+    for view in VIEWS:
+        for target in TARGETS:
+            seconds = [run[view][target] for run in runs if run[view][target] is not None]
+            spread = f"{np.mean(seconds):.0f} s +/- {np.std(seconds):.0f} ({np.mean(seconds) / 60:.2f} min)" \
+                if seconds else "-"
+            print(f"{name}: {int(100 * target)}% test accuracy ({view}) reached by {len(seconds)}/{len(runs)} "
+                  f"members; training time {spread}; per seed: "
+                  + ", ".join("never" if run[view][target] is None else f"{run[view][target]:.0f}" for run in runs),
+                  flush=True)
 
 
 def compare_layouts(args: argparse.Namespace) -> None:
@@ -155,6 +213,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the net first")
     parser.add_argument("--accuracy", action="store_true", help="also train each net and time 92/93/94%%")
     parser.add_argument("--epochs", type=int, default=None, help="for --accuracy; default train.epochs")
+    parser.add_argument("--seeds", type=int, default=1, help="for --accuracy: members trained (seed and split i)")
     parser.add_argument("--data", type=Path, default=Path("data/processed"))
     parser.add_argument("--layouts", nargs="+", metavar="PxT",
                         help="only compare data-parallel layouts on the CPU: P processes x T threads, e.g. 1x2 2x1")
@@ -171,8 +230,12 @@ def main() -> None:
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or 'CPU'}, {threads} threads"
     print(f"# {where}; torch {torch.__version__}; {args.precision}, channels_last, batch {args.batch_size}"
           f"{', compiled' if args.compile else ''}; epoch = {fit_images} images")
-    print(f"{'net':8} {'params':>9} {'MFLOP/img':>10} {'train img/s':>12} {'GFLOP/s':>8} {'s/epoch':>8} "
-          f"{'infer img/s':>12}")
+    one = matmul_gflops(1, device, args.precision) if device.type == "cpu" else None
+    roofline = matmul_gflops(threads, device, args.precision)
+    print(f"# roofline: {args.precision} 4096x4096 matmul {roofline:,.0f} GFLOP/s"
+          + (f" on {threads} threads, {one:,.0f} on 1" if one is not None else ""))
+    print(f"{'net':8} {'params':>9} {'MFLOP/img':>10} {'train img/s':>12} {'GFLOP/s':>8} {'roofline':>9} "
+          f"{'s/epoch':>8} {'infer img/s':>12}")
     for name in args.nets:
         model = nets.build(name, 10, (28, 28))
         flops = forward_flops(model, (28, 28))
@@ -181,14 +244,15 @@ def main() -> None:
         train_ips = throughput(runnable, device, args.precision, True, args.batch_size, train=True)
         infer_ips = throughput(runnable, device, args.precision, True, 1024, train=False)
         # A training step costs about 3 forward passes (forward, input and weight gradients).
+        gflops = 3 * flops * train_ips / 1e9
         print(f"{name:8} {nets.count_parameters(model):>9,} {flops / 1e6:>10.1f} {train_ips:>12,.0f} "
-              f"{3 * flops * train_ips / 1e9:>8.1f} {fit_images / train_ips:>8.1f} {infer_ips:>12,.0f}", flush=True)
+              f"{gflops:>8.1f} {gflops / roofline:>9.0%} {fit_images / train_ips:>8.1f} {infer_ips:>12,.0f}",
+              flush=True)
     if args.accuracy:
         for name in args.nets:
-            reached = time_to_accuracy(name, params, device, args.data, args.epochs or params.train.epochs)
-            shown = ", ".join(f"{int(100 * t)}%: {'not reached' if s is None else f'{s:.0f}s'}"
-                              for t, s in reached.items())
-            print(f"{name}: time to test accuracy {shown}", flush=True)
+            runs = [time_to_accuracy(name, params, device, args.data, args.epochs or params.train.epochs, seed)
+                    for seed in range(args.seeds)]
+            report_time_to_accuracy(name, runs)
 
 
 if __name__ == "__main__":

@@ -109,6 +109,7 @@ class Train(Section):
     warmup_fraction: float = Field(ge=0, le=1)
     label_smoothing: float = Field(ge=0, lt=1)
     ema_decay: float = Field(ge=0, lt=1, description="0 turns EMA of weights off")
+    lookahead_every: int = Field(ge=0, le=1000, description="steps between lookahead averages; 0 = off")
     augment: Augment
     device: Literal["auto", "cpu", "cuda"]
     precision: Literal["bf16", "fp32"]
@@ -117,6 +118,8 @@ class Train(Section):
     processes: int = Field(ge=1, le=1024, description="data-parallel training processes on this machine (torchrun)")
     threads: int = Field(ge=0, le=1024, description="CPU threads shared by the processes; 0 = every core")
     eval_batch_size: int = Field(ge=1, le=65536)
+    validate_every: int = Field(ge=1, le=1000, description="validate after every N-th epoch ...")
+    validate_last: int = Field(ge=1, le=1000, description="... and after each of the last N epochs")
 
 
 class Member(Section):

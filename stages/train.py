@@ -10,18 +10,10 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
-from fmnist.device import pick_device
 from fmnist.errors import StageError
-from fmnist.files import write_json
-from fmnist.model import nets
-from fmnist.params import load_params
+from fmnist.params import Member, Params, load_params
 from fmnist.runner import run_main
-from fmnist.tracking.run import stage_run
-from fmnist.training.distributed import join, leave, quiet_other_ranks, relaunch, under_torchrun
-from fmnist.training.loop import fit, summarize, write_history
-from fmnist.training.member import fingerprint, prepare, save_member
+from fmnist.training.launch import relaunch, under_torchrun
 
 log = logging.getLogger("fmnist.train")
 
@@ -43,6 +35,26 @@ def main() -> None:
     if cfg.processes > 1 and not under_torchrun():
         relaunch(cfg.processes, "stages.train", sys.argv[1:])
         return
+    train(args, member, params)
+
+
+def train(args: argparse.Namespace, member: Member, params: Params) -> None:
+    """This process's part: the whole member on one process, or one rank's under torchrun."""
+    # Imported here, not above: the process that only relaunches under torchrun would otherwise spend seconds
+    # importing torch and MLflow per member for nothing.
+    import torch
+
+    from fmnist.device import pick_device
+    from fmnist.files import write_json
+    from fmnist.model import nets
+    from fmnist.tracking.run import stage_run
+    from fmnist.tracking.store import tracking_uri
+    from fmnist.tracking.system import system_metrics
+    from fmnist.training.distributed import from_main, join, leave, quiet_other_ranks
+    from fmnist.training.loop import fit, summarize, write_history
+    from fmnist.training.member import fingerprint, prepare, save_member
+
+    cfg = params.train
     quiet_other_ranks()
     classes, image_shape = list(params.dataset.classes), list(params.dataset.image_shape)
     device = pick_device(cfg.device)
@@ -59,10 +71,13 @@ def main() -> None:
             log.info("%s: %s net, %d parameters, %d fit / %d validation images, %d process(es) x %d threads",
                      stage, cfg.net, nets.count_parameters(setup.model), len(setup.fit_data), len(setup.val_data),
                      world.size, setup.threads)
-            result = fit(setup.model, setup.fit_data, setup.val_data, setup.norm, cfg, member.seed, args.resume,
-                         fingerprint(args.data, args.member, member, cfg, classes, image_shape, world),
-                         on_epoch=(lambda row: run.log_metrics(row, step=int(row["epoch"]))) if run else
-                         (lambda row: None), world=world)
+            # Every process samples its own system metrics into rank 0's run, each under its rank's id.
+            run_id, uri = from_main(world, (run.run_id, tracking_uri()) if run else None)
+            with system_metrics(run_id, uri, world.rank, setup.device.type == "cuda"):
+                result = fit(setup.model, setup.fit_data, setup.val_data, setup.norm, cfg, member.seed, args.resume,
+                             fingerprint(args.data, args.member, member, cfg, classes, image_shape, world),
+                             on_epoch=(lambda row: run.log_metrics(row, step=int(row["epoch"]))) if run else
+                             (lambda row: None), world=world)
             if run is None:
                 return
             setup.model.load_state_dict(result.best_state)
@@ -71,8 +86,11 @@ def main() -> None:
             write_json(args.metrics, summary)
             write_history(args.history, result.history)
             run.log_metrics({f"best_{k}": v for k, v in summary.items()})
+            # The best checkpoint as the run's logged model, at its epoch, with the validation scores that chose it.
             run.log_torch_model(setup.model.float().cpu().eval(),
-                                example=setup.norm(setup.fit_data.x[:2]).float().cpu().numpy())
+                                example=setup.norm(setup.fit_data.x[:2]).float().cpu().numpy(),
+                                step=result.best_epoch, metrics={"val_loss": result.best["val_loss"],
+                                                                 "val_accuracy": result.best["val_accuracy"]})
         args.resume.unlink(missing_ok=True)
     finally:
         leave(world)

@@ -79,11 +79,11 @@ def draw_curves(old: dict[str, list[dict]], new: dict[str, list[dict]], labels: 
     figure, axes = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
     for (revision, label, style) in ((old, labels[0], "--"), (new, labels[1], "-")):
         for member, rows in revision.items():
-            epochs = [int(r["epoch"]) for r in rows]
             for axis, column in zip(axes, ("val_accuracy", "val_loss"), strict=True):
-                if rows and column in rows[0]:
-                    axis.plot(epochs, [float(r[column]) for r in rows], style, color=colours[member],
-                              label=f"{member}, {label}")
+                validated = [r for r in rows if r.get(column)]  # an epoch without validation has an empty cell
+                if validated:
+                    axis.plot([int(r["epoch"]) for r in validated], [float(r[column]) for r in validated], style,
+                              color=colours[member], marker=".", label=f"{member}, {label}")
     for axis, name in zip(axes, ("validation accuracy", "validation loss"), strict=True):
         axis.set_xlabel("epoch")
         axis.set_title(name)

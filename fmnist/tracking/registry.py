@@ -63,8 +63,10 @@ def locked_requirements(names: tuple[str, ...], lock: Path = LOCK_FILE) -> list[
     return [pins[canonicalize_name(name)] for name in names]
 
 
-def log_torch_model(model: Any, example: Any) -> None:
-    """The model in MLflow's pytorch flavor, with a signature inferred from `example` (a numpy batch)."""
+def log_torch_model(model: Any, example: Any, step: int = 0, metrics: Mapping[str, float] | None = None) -> str:
+    """The model in MLflow's pytorch flavor, with a signature inferred from `example` (a numpy batch), as an
+    MLflow 3 logged model at training step `step` with `metrics` linked to it (the scores that chose this
+    checkpoint). Returns its model id."""
     import mlflow.pytorch
     import torch
 
@@ -73,14 +75,17 @@ def log_torch_model(model: Any, example: Any) -> None:
     model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
-    mlflow.pytorch.log_model(
-        model, name="model", signature=mlflow.models.infer_signature(example, output), input_example=example,
+    info = mlflow.pytorch.log_model(
+        model, name="model", step=step, signature=mlflow.models.infer_signature(example, output), input_example=example,
         # torch.export's archive: the graph as JSON, the weights as raw bytes; the one pickle in it is the example
         # input, a tensor (tests/integration/test_tracking.py). MLflow's default on Databricks would pickle it all.
         serialization_format="pt2",
         # Explicit: skips MLflow's slow requirement inference, and pins the torch that trained it.
         pip_requirements=locked_requirements(("torch",)),
     )
+    if metrics:
+        mlflow.log_metrics(dict(metrics), step=step, model_id=info.model_id)
+    return info.model_id
 
 
 @contextmanager

@@ -1,22 +1,18 @@
-"""Data-parallel training across processes with PyTorch's own engine: the stage relaunches itself under
-torchrun (torch.distributed.run) when train.processes > 1, and each worker learns its rank from the environment
-torchrun sets. Gloo on the CPU, NCCL on CUDA. Started by hand with `torchrun --nnodes ... -m stages.train`, the
-same code runs on several machines."""
+"""Data-parallel training across processes with PyTorch's own engine, inside the workers torchrun started
+(fmnist.training.launch): each learns its rank from the environment torchrun sets and joins the process group.
+Gloo on the CPU, NCCL on CUDA. Started by hand with `torchrun --nnodes ... -m stages.train`, the same code runs on
+several machines."""
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import signal
-import subprocess
-import sys
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from fmnist.errors import StageError
+from fmnist.training.launch import die_with_parent, under_torchrun
 
 log = logging.getLogger("fmnist.distributed")
 
@@ -43,57 +39,10 @@ def quiet_other_ranks() -> None:
         logging.getLogger("fmnist").setLevel(logging.WARNING)
 
 
-def under_torchrun() -> bool:
-    """True in a worker that torchrun (or another elastic launcher) started."""
-    return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
-
-
 def threads_per_process(threads: int, processes: int) -> int:
     """train.threads split between the processes on this machine (0 = every core this process may use)."""
     total = threads or len(os.sched_getaffinity(0))
     return max(1, total // processes)
-
-
-def die_with_parent() -> None:
-    """Have Linux SIGKILL this process when its parent dies. torchrun starts each worker in a session of its own,
-    so a SIGKILL of `dvc repro`'s process group would otherwise leave the workers training, and writing outputs,
-    after the stage is gone."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-
-
-def relaunch(processes: int, module: str, argv: list[str]) -> None:
-    """Run `python -m module argv` as `processes` workers on this machine under torchrun and wait for them.
-    A worker that fails (an exception, a kill, running out of memory) makes torchrun stop the others; that ends
-    here as a StageError. Only rank 0 writes, and only by renaming complete files, so nothing half-written stays."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-               f"--nproc-per-node={processes}", "--max-restarts=0", "-m", module, *argv]
-    log.info("starting %d training processes under torchrun", processes)
-    # OMP_NUM_THREADS would be set to 1 by torchrun with a warning; the workers set their own thread count.
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    # torchrun gets a session of its own, so a signal reaches it once, from here, and it stops its workers with
-    # it: they unwind and end their MLflow run FAILED. A second signal kills at once (the workers die with it).
-    launcher = subprocess.Popen(command, env=env, preexec_fn=die_with_parent, start_new_session=True)
-    received: list[int] = []
-
-    def forward(signum: int, _frame: object) -> None:
-        launcher.send_signal(signum if not received else signal.SIGKILL)
-        received.append(signum)
-
-    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        returncode = launcher.wait()
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    if received:
-        raise StageError(f"stopped by {signal.Signals(received[0]).name}; the training processes were stopped "
-                         "with it. No model or metrics were written; the last per-epoch checkpoint is kept, so "
-                         "rerunning the stage resumes from it")
-    if returncode != 0:
-        raise StageError(f"a training process failed (torchrun exit code {returncode}; its error is above). "
-                         "No model or metrics were written; the last per-epoch checkpoint is kept, so rerunning "
-                         "the stage resumes from it")
 
 
 def join(device_type: str) -> World:
@@ -130,3 +79,13 @@ def share_buffers(world: World, module: nn.Module) -> None:
     if world.distributed:
         for buffer in module.buffers():
             dist.broadcast(buffer, src=0)
+
+
+def from_main(world: World, value: object) -> object:
+    """Rank 0's `value` on every process (a small picklable object: a run id, a URI)."""
+    if not world.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+

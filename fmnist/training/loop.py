@@ -69,6 +69,39 @@ def lr_at(step: int, total: int, cfg: Train) -> float:
     return cfg.lr * max(0.0, (total - step) / max(1, total - warmup))
 
 
+class Lookahead:
+    """airbench's lookahead (Jordan, 2024): every `every` steps the weights move to an average of themselves and
+    their slow copy, and the slow copy to that average. The average's weight on the slow copy grows as
+    0.95**every * progress**3, so early training is untouched and the decaying end of the schedule is averaged;
+    the last step leaves the weights at the slow copy. Every process applies it to the same weights."""
+
+    def __init__(self, model: nn.Module, every: int, total: int):
+        self.params = [p for p in model.parameters()]
+        self.slow = [p.detach().clone() for p in self.params]
+        self.every, self.total = every, total
+
+    @torch.no_grad()
+    def after(self, step: int) -> None:
+        """Called after optimizer step `step` (0-based)."""
+        done = step + 1
+        if done == self.total:
+            decay = 1.0
+        elif done % self.every == 0:
+            decay = 0.95 ** self.every * (done / self.total) ** 3
+        else:
+            return
+        for slow, param in zip(self.slow, self.params, strict=True):
+            slow.lerp_(param, 1 - decay)
+            param.copy_(slow)
+
+    def state_dict(self) -> list[torch.Tensor]:
+        return self.slow
+
+    def load_state_dict(self, slow: list[torch.Tensor]) -> None:
+        for mine, saved in zip(self.slow, slow, strict=True):
+            mine.copy_(saved)
+
+
 def make_optimizer(model: nn.Module, cfg: Train) -> torch.optim.Optimizer:
     """SGD-Nesterov or AdamW, with weight decay on conv/linear weights only (not BN or biases)."""
     decay = [p for p in model.parameters() if p.ndim > 1]
@@ -106,6 +139,12 @@ def evaluate(model: nn.Module, data: Images, norm: Normalizer, cfg: Train,
     return loss_sum.item() / len(data), correct.item() / len(data)
 
 
+def validates(epoch: int, cfg: Train) -> bool:
+    """Whether validation follows `epoch`: every validate_every-th epoch for the curves, and each of the last
+    validate_last, where a schedule that decays to 0 puts the best checkpoint; the last epoch always."""
+    return epoch % cfg.validate_every == 0 or epoch > cfg.epochs - cfg.validate_last
+
+
 def batches_per_epoch(n: int, batch_size: int) -> int:
     """Full batches only (a last batch of 1 would break BatchNorm); at least one."""
     return max(1, n // batch_size)
@@ -140,6 +179,7 @@ def fit(
     mine = shard(cfg.batch_size, world)
     steps = batches_per_epoch(len(fit_data), cfg.batch_size)
     total = steps * cfg.epochs
+    lookahead = Lookahead(model, cfg.lookahead_every, total) if cfg.lookahead_every else None
     result = FitResult(best_state={}, best_epoch=0)
     start_epoch = 1
     if checkpoint is not None and checkpoint.exists():
@@ -150,6 +190,8 @@ def fit(
             optimizer.load_state_dict(state["optimizer"])
             if ema is not None:
                 ema.load_state_dict(state["ema"])
+            if lookahead is not None:
+                lookahead.load_state_dict(state["lookahead"])
             gen.set_state(state["generator"])
             torch.set_rng_state(state["cpu_rng"])
             if device.type == "cuda":
@@ -185,6 +227,8 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if lookahead is not None:
+                lookahead.after(step)
             if ema is not None:
                 ema.update_parameters(model)
             loss_sum += loss.detach() * len(y)
@@ -198,24 +242,26 @@ def fit(
                              "lower train.lr or check the data; no checkpoint was saved")
         seconds = time.perf_counter() - started
         scored = ema.module if ema is not None else model
-        share_buffers(world, scored)
-        val_loss, val_accuracy = evaluate(scored, val_data, norm, cfg, world)
+        val_loss = val_accuracy = None  # not validated this epoch: an empty cell in the history
+        if validates(epoch, cfg):
+            share_buffers(world, scored)
+            val_loss, val_accuracy = evaluate(scored, val_data, norm, cfg, world)
         row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": correct.item() / seen,
                "val_loss": val_loss, "val_accuracy": val_accuracy, "lr": lr_at(epoch * steps - 1, total, cfg),
                "seconds": seconds, "images_per_second": seen / seconds}
         result.history.append(row)
-        if not result.best_state or val_loss < result.best["val_loss"]:
-            source = ema.module if ema is not None else model
-            result.best_state = {k: v.detach().clone() for k, v in source.state_dict().items()}
+        if val_loss is not None and (not result.best_state or val_loss < result.best["val_loss"]):
+            result.best_state = {k: v.detach().clone() for k, v in scored.state_dict().items()}
             result.best_epoch = epoch
-        log.info("epoch %d/%d: train loss %.4f acc %.2f%% | val loss %.4f acc %.2f%% | %.1fs, %.0f img/s",
-                 epoch, cfg.epochs, train_loss, 100 * row["train_accuracy"], val_loss, 100 * val_accuracy,
-                 seconds, row["images_per_second"])
+        validation = "" if val_loss is None else f" | val loss {val_loss:.4f} acc {100 * val_accuracy:.2f}%"
+        log.info("epoch %d/%d: train loss %.4f acc %.2f%%%s | %.1fs, %.0f img/s", epoch, cfg.epochs, train_loss,
+                 100 * row["train_accuracy"], validation, seconds, row["images_per_second"])
         on_epoch(row)
         if checkpoint is not None and world.is_main:
             save_torch(checkpoint, {
                 "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                "lookahead": lookahead.state_dict() if lookahead is not None else None,
                 "generator": gen.get_state(), "cpu_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
                 "best_state": result.best_state, "best_epoch": result.best_epoch, "history": result.history,
@@ -233,5 +279,5 @@ def summarize(result: FitResult, cfg: Train) -> dict[str, float]:
 
 def write_history(path: Path, history: list[dict[str, float]]) -> None:
     """Per-epoch CSV for `dvc plots`."""
-    write_csv(path, list(history[0]),
-              ([round(v, 6) if isinstance(v, float) else v for v in row.values()] for row in history))
+    write_csv(path, list(history[0]), ([round(v, 6) if isinstance(v, float) else "" if v is None else v
+                                        for v in row.values()] for row in history))

@@ -2,7 +2,9 @@
 writes (learnable IDX images: class k is a bright block at position k)."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,7 +27,9 @@ TRAIN = [sys.executable, "-m", "stages.train", "--member", "m0", "--data", "proc
 
 
 def project_env(project: Path) -> dict[str, str]:
-    return {**subprocess_env(), "DVC_ROOT": str(project), "PYTHONPATH": str(ROOT)}
+    # A system metrics sample every half second: the tiny run takes seconds.
+    return {**subprocess_env(), "DVC_ROOT": str(project), "PYTHONPATH": str(ROOT),
+            "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.5"}
 
 
 def run(project: Path, *cmd: str) -> subprocess.CompletedProcess:
@@ -100,6 +104,46 @@ def test_two_processes_lower_the_loss_and_record_one_run(uninterrupted):
     assert not any((project / "resume").glob("*"))
 
 
+def test_every_process_records_system_metrics_in_the_members_run(uninterrupted):
+    run = train_runs(uninterrupted["project"])[0]
+    client = mlflow.MlflowClient(f"sqlite:///{uninterrupted['project'] / 'mlflow.db'}")
+    for rank in (0, 1):
+        for name in ("cpu_utilization_percentage", "system_memory_usage_megabytes", "process_cpu_utilization_percentage",
+                     "process_memory_rss_megabytes"):
+            key = f"system/rank{rank}/{name}"
+            assert key in run.data.metrics, sorted(k for k in run.data.metrics if k.startswith("system/"))
+            assert len(client.get_metric_history(run.info.run_id, key)) >= 1
+        # a training process holds the data and the net: well over the interpreter's own ~30 MB, under 4 GB
+        assert 100 < run.data.metrics[f"system/rank{rank}/process_memory_rss_megabytes"] < 4000
+        assert run.data.metrics[f"system/rank{rank}/process_cpu_utilization_percentage"] > 0
+    assert not any(k.startswith("system/") and "/rank" not in k for k in run.data.metrics)  # all under a rank
+
+
+def test_the_best_checkpoint_is_a_logged_model_with_its_validation_scores(uninterrupted):
+    project = uninterrupted["project"]
+    run = train_runs(project)[0]
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    assert len(models) == 1 and models[0].source_run_id == run.info.run_id
+    summary = json.loads((project / "m0.json").read_text())
+    linked = {m.key: m for m in models[0].metrics}
+    assert {"val_loss", "val_accuracy"} <= set(linked)
+    assert linked["val_accuracy"].step == summary["best_epoch"]
+    assert linked["val_accuracy"].value == pytest.approx(summary["val_accuracy"], abs=1e-6)
+    assert linked["val_loss"].value == pytest.approx(summary["val_loss"], abs=1e-6)
+    assert linked["val_accuracy"].run_id == run.info.run_id
+    # the logged model is the member file's weights: the same predictions on the same input
+    import torch
+
+    from fmnist.model.members import load_member
+
+    member, _ = load_member(project / "m0.pt")
+    x = torch.randn(2, 1, 28, 28)
+    logged = mlflow.pytorch.load_model(f"models:/{models[0].model_id}")
+    with torch.no_grad():
+        assert torch.allclose(logged(x), member.float()(x), atol=1e-4)
+
+
 def worker_pid(project: Path, rank: int) -> int | None:
     """The pid of the training worker with this rank running in `project` (torchrun sets RANK in its env)."""
     for entry in Path("/proc").iterdir():
@@ -139,6 +183,10 @@ def test_a_killed_rank_fails_the_stage_and_a_rerun_resumes_to_the_same_weights(u
     # rank 0 says in one line why it stops, whichever reaches it first: gloo's lost connection or torchrun's SIGTERM
     assert ("training process rank 0 of 2 stops: rank 1 failed" in output or "stopped by SIGTERM" in output), output
     assert "DistBackendError" not in output and "gloo/transport" not in output, output[-3000:]
+    # torchrun's own report is one line, not its traceback and summary table
+    assert re.search(r"torchrun: training process rank [01] failed first \((killed by SIG\w+|exit code \d+)\)",
+                     output), output[-3000:]
+    assert "ChildFailedError" not in output and "Traceback" not in output, output[-3000:]
     assert not (ddp_project / "m0.pt").exists() and not (ddp_project / "m0.json").exists()  # nothing half-written
     assert (ddp_project / "resume" / "m0.pt").exists()
     # rank 0 ends its run FAILED whether gloo's broken connection or torchrun's SIGTERM reaches it first

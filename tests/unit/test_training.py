@@ -71,9 +71,10 @@ class Killed(Exception):
 
 
 @pytest.mark.fault
-@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
-def test_kill_and_resume_ends_with_the_same_weights(tmp_path, ema_decay):
-    cfg = tiny_cfg(epochs=3, ema_decay=ema_decay, augment={"flip": True, "translate": 2, "erasing": 0.5})
+@pytest.mark.parametrize(("ema_decay", "lookahead_every"), [(0.0, 0), (0.9, 0), (0.0, 3)])
+def test_kill_and_resume_ends_with_the_same_weights(tmp_path, ema_decay, lookahead_every):
+    cfg = tiny_cfg(epochs=3, ema_decay=ema_decay, lookahead_every=lookahead_every,
+                   augment={"flip": True, "translate": 2, "erasing": 0.5})
     uninterrupted, full = train_tiny(cfg, seed=5)
 
     def die_in_epoch_2(row):
@@ -167,3 +168,26 @@ def test_cuda_training_runs_with_bf16_and_channels_last():
     model = nets.build("fast", 8, (28, 28)).to(device).to(memory_format=torch.channels_last)
     result = fit(model, data, val, norm, cfg, 0)
     assert np.isfinite(result.best["val_loss"])
+
+
+def test_validation_follows_every_nth_epoch_and_each_of_the_last(tmp_path):
+    from fmnist.training.loop import write_history
+
+    cfg = tiny_cfg(epochs=7, validate_every=3, validate_last=2)
+    _, result = train_tiny(cfg)
+    validated = [row["epoch"] for row in result.history if row["val_loss"] is not None]
+    assert validated == [3, 6, 7]
+    assert result.best_epoch in validated  # the best checkpoint is one that was scored
+    write_history(tmp_path / "h.csv", result.history)
+    lines = (tmp_path / "h.csv").read_text().splitlines()
+    columns = lines[0].split(",")
+    cells = [line.split(",")[columns.index("val_accuracy")] for line in lines[1:]]
+    assert [bool(c) for c in cells] == [False, False, True, False, False, True, True]  # empty, not "nan"
+
+
+
+def test_lookahead_changes_the_weights_and_still_learns():
+    averaged, result = train_tiny(tiny_cfg(epochs=3, lookahead_every=2), seed=1)
+    assert result.best["val_accuracy"] > 0.5
+    plain, _ = train_tiny(tiny_cfg(epochs=3), seed=1)
+    assert not torch.equal(next(iter(averaged.parameters())), next(iter(plain.parameters())))
