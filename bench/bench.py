@@ -30,6 +30,7 @@ from fmnist.model import nets
 from fmnist.model.nets import Normalizer, for_inference
 from fmnist.params import load_params
 from fmnist.training.loop import Images, fit, load_member_data
+from fmnist.training.member import build_net
 
 TARGETS = (0.92, 0.93, 0.94)
 
@@ -156,9 +157,7 @@ def time_to_accuracy(name, params, device, data_dir: Path, epochs: int, seed: in
                   torch.from_numpy(np.load(data_dir / "test/labels.npy").astype(np.int64)).to(device))
     norm = Normalizer(torch.from_numpy(mean).to(device), torch.from_numpy(std).to(device), cfg.channels_last)
     torch.manual_seed(seed)
-    model = nets.build(name, len(params.dataset.classes), tuple(params.dataset.image_shape)).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_net(cfg, len(params.dataset.classes), tuple(params.dataset.image_shape), device)
     reached: dict[str, dict] = {view: dict.fromkeys(TARGETS) for view in VIEWS}
     elapsed = 0.0
 

@@ -102,7 +102,7 @@ class Train(Section):
     net: Literal["cmasch", "fast", "wrn"]
     epochs: int = Field(ge=1, le=1000)
     batch_size: int = Field(ge=2, le=65536)
-    optimizer: Literal["sgd", "adamw"]
+    optimizer: Literal["sgd", "adamw", "muon"]
     lr: float = Field(gt=0, le=10, description="peak of the one-cycle schedule")
     momentum: float = Field(ge=0, lt=1)
     weight_decay: float = Field(ge=0, le=1)
@@ -110,6 +110,9 @@ class Train(Section):
     label_smoothing: float = Field(ge=0, lt=1)
     ema_decay: float = Field(ge=0, lt=1, description="0 turns EMA of weights off")
     lookahead_every: int = Field(ge=0, le=1000, description="steps between lookahead averages; 0 = off")
+    dirac_init: bool = Field(description="identity initialisation of the 3x3 convs (fmnist.model.nets.dirac_init)")
+    muon_lr: float = Field(gt=0, le=10, description="optimizer muon: peak lr of the conv filters")
+    muon_momentum: float = Field(ge=0, lt=1, description="optimizer muon: momentum of the conv filters")
     augment: Augment
     device: Literal["auto", "cpu", "cuda"]
     precision: Literal["bf16", "fp32"]

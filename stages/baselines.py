@@ -8,8 +8,8 @@ import logging
 from pathlib import Path
 
 from fmnist.data.arrays import load_images
-from fmnist.evaluation.baselines import (build, expand, features, label, load_reference, markdown,
-                                         run_configuration, summarize)
+from fmnist.evaluation.baselines import (build, expand, features, label, load_reference, markdown, run_all,
+                                         summarize)
 from fmnist.files import atomic_path, write_json
 from fmnist.params import load_params
 from fmnist.runner import run_main
@@ -34,20 +34,22 @@ def main() -> None:
     configurations = expand(cfg.profiles[cfg.profile])
     for classifier, grid in configurations:  # every bad name or parameter before hours of fitting
         build(classifier, grid, cfg.seed)
-    results = []
     with stage_run("baselines") as run:
         log.info("%d configurations (%s profile) x %d repeat(s), %d train / %d test images", len(configurations),
                  cfg.profile, cfg.repeats, len(y_train), len(y_test))
-        for i, (classifier, grid) in enumerate(configurations, 1):
-            with run.child(label(classifier, grid), {"classifier": classifier, **grid}) as child:
-                result = run_configuration(classifier, grid, cfg.repeats, cfg.seed, reference, x_train, y_train,
-                                           x_test, y_test)
-                child.log_metrics({k: v for k, v in result.items() if isinstance(v, float)})
-            results.append(result)
-            log.info("[%d/%d] %s: %.2f%% (published %s), fit %.1f s", i, len(configurations),
+        def finished(i: int, result: dict) -> None:
+            log.info("[%d/%d] %s: %.2f%% (published %s), fit %.1f s", len(done) + 1, len(configurations),
                      result["configuration"], 100 * result["accuracy"],
                      "—" if result["published"] is None else f"{100 * result['published']:.1f}%",
                      result["fit_seconds"])
+            done.append(i)
+
+        done: list[int] = []
+        results = run_all(configurations, cfg.repeats, cfg.seed, reference, x_train, y_train, x_test, y_test,
+                          on_result=finished)
+        for (classifier, grid), result in zip(configurations, results, strict=True):
+            with run.child(label(classifier, grid), {"classifier": classifier, **grid}) as child:
+                child.log_metrics({k: v for k, v in result.items() if isinstance(v, float)})
         metrics, table = summarize(results)
         write_json(args.metrics, metrics)
         with atomic_path(args.table) as tmp:

@@ -111,6 +111,17 @@ def build(name: str, n_classes: int, image_shape: tuple[int, int]) -> nn.Module:
     raise ValueError(f"unknown net {name!r}; choose one of {', '.join(NETS)}")
 
 
+@torch.no_grad()
+def dirac_init(model: nn.Module) -> nn.Module:
+    """Identity initialisation (airbench): in every 3x3 conv with more than one input channel, the first `in`
+    filters start as the identity (each passes its input channel through), the rest keep their random init."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and module.in_channels > 1 and module.kernel_size == (3, 3):
+            n = min(module.in_channels, module.out_channels)
+            nn.init.dirac_(module.weight[:n])
+    return model
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -25,6 +25,7 @@ from fmnist.model.nets import Normalizer, for_inference
 from fmnist.params import Train
 from fmnist.training.augment import augment
 from fmnist.training.distributed import World, share_buffers, sum_across
+from fmnist.training.muon import MuonSGD
 
 log = logging.getLogger("fmnist.train")
 
@@ -103,12 +104,20 @@ class Lookahead:
 
 
 def make_optimizer(model: nn.Module, cfg: Train) -> torch.optim.Optimizer:
-    """SGD-Nesterov or AdamW, with weight decay on conv/linear weights only (not BN or biases)."""
+    """SGD-Nesterov, AdamW or Muon for the conv filters (fmnist.training.muon), with weight decay on conv/linear
+    weights only (not BN or biases; Muon's filters are renormalized instead)."""
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    if cfg.optimizer == "muon":
+        filters = [p for p in model.parameters() if p.ndim == 4]
+        others = [p for p in model.parameters() if p.ndim < 4]
+        groups = [{"params": filters, "muon": True, "lr_scale": cfg.muon_lr / cfg.lr},
+                  {"params": [p for p in others if p.ndim > 1], "weight_decay": cfg.weight_decay},
+                  {"params": [p for p in others if p.ndim <= 1]}]
+        return MuonSGD(groups, cfg.lr, cfg.momentum, cfg.muon_momentum)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
 
 
@@ -215,7 +224,7 @@ def fit(
                       disable=None if world.is_main else True):
             step = (epoch - 1) * steps + i
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total, cfg)
+                group["lr"] = lr_at(step, total, cfg) * group.get("lr_scale", 1.0)
             index = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             x, y = augment(fit_data.x[index], cfg.augment, gen, norm), fit_data.y[index]
             x, y = x[mine], y[mine]  # the whole batch is augmented so that the generator stays in step everywhere

@@ -34,6 +34,15 @@ class MemberSetup:
     threads: int
 
 
+def build_net(cfg: Train, n_classes: int, image_shape: tuple[int, int], device: torch.device) -> nn.Module:
+    """The untrained net on `device`, initialised as the recipe says, from the current torch seed."""
+    model = nets.build(cfg.net, n_classes, image_shape)
+    if cfg.dirac_init:
+        nets.dirac_init(model)
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+
+
 def prepare(data_dir: Path, member: Member, cfg: Train, n_classes: int, image_shape: tuple[int, int],
             device: torch.device, world: World) -> MemberSetup:
     """This process's share of the setup: its device and threads, the member's split, and its net, initialised
@@ -47,9 +56,7 @@ def prepare(data_dir: Path, member: Member, cfg: Train, n_classes: int, image_sh
     torch.manual_seed(member.seed)
     fit_data, val_data, mean, std = load_member_data(data_dir, member.split, device)
     norm = nets.Normalizer(torch.from_numpy(mean).to(device), torch.from_numpy(std).to(device), cfg.channels_last)
-    model = nets.build(cfg.net, n_classes, image_shape).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_net(cfg, n_classes, image_shape, device)
     return MemberSetup(model, fit_data, val_data, norm, device, threads)
 
 

@@ -79,3 +79,24 @@ def test_summary_keeps_published_figures_exact_and_rounds_seconds():
                                               "difference": 0.0002, "fit_seconds": 52.08, "predict_seconds": 0.17}
     assert "published" not in metrics["configurations"]["B"] and metrics["best"] == "B"
     assert len(table) == 2
+
+
+def test_configurations_on_one_core_each_give_what_they_give_on_all_cores():
+    import numpy as np
+
+    from fmnist.evaluation.baselines import run_all, run_configuration
+
+    rng = np.random.default_rng(0)
+    y = np.arange(300) % 3
+    x = (rng.random((300, 20)) + y[:, None] * 0.3).astype(np.float32)
+    configurations = [("GaussianNB", {}), ("DecisionTreeClassifier", {"max_depth": 3}),
+                      ("LogisticRegression", {"C": 1, "multi_class": "ovr", "penalty": "l2"}),
+                      ("RandomForestClassifier", {"n_estimators": 5})]
+    finished = []
+    results = run_all(configurations, 1, 0, [], x[:200], y[:200], x[200:], y[200:],
+                      on_result=lambda i, result: finished.append(i))
+    assert sorted(finished) == [0, 1, 2, 3]  # each reported once, as it finished
+    assert [r["classifier"] for r in results] == [c for c, _ in configurations]  # in the configurations' order
+    for (classifier, grid), result in zip(configurations, results):
+        alone = run_configuration(classifier, grid, 1, 0, [], x[:200], y[:200], x[200:], y[200:])
+        assert result["accuracy"] == alone["accuracy"] > 0.5, classifier  # chance is 1/3

@@ -191,3 +191,11 @@ def test_lookahead_changes_the_weights_and_still_learns():
     assert result.best["val_accuracy"] > 0.5
     plain, _ = train_tiny(tiny_cfg(epochs=3), seed=1)
     assert not torch.equal(next(iter(averaged.parameters())), next(iter(plain.parameters())))
+
+
+def test_muon_learns_and_keeps_each_filter_bank_normalized():
+    model, result = train_tiny(tiny_cfg(epochs=3, optimizer="muon"), seed=2)
+    assert result.best["val_accuracy"] > 0.5
+    for p in model.parameters():
+        if p.ndim == 4:  # renormalized before each step; one step moves the norm only slightly
+            assert abs(p.norm().item() / len(p) ** 0.5 - 1) < 0.5
