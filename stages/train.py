@@ -71,13 +71,18 @@ def train(args: argparse.Namespace, member: Member, params: Params) -> None:
             log.info("%s: %s net, %d parameters, %d fit / %d validation images, %d process(es) x %d threads",
                      stage, cfg.net, nets.count_parameters(setup.model), len(setup.fit_data), len(setup.val_data),
                      world.size, setup.threads)
-            # Every process samples its own system metrics into rank 0's run, each under its rank's id.
             run_id, uri = from_main(world, (run.run_id, tracking_uri()) if run else None)
-            with system_metrics(run_id, uri, world.rank, setup.device.type == "cuda"):
+            # Every process samples its own system metrics into rank 0's run, each under its rank's id, at the
+            # step of the epoch in progress.
+            with system_metrics(run_id, uri, world.rank, setup.device.type == "cuda") as monitor:
+                def on_epoch(row: dict) -> None:
+                    monitor.epoch_done(int(row["epoch"]))
+                    if run is not None:
+                        run.log_metrics(row, step=int(row["epoch"]))
+
                 result = fit(setup.model, setup.fit_data, setup.val_data, setup.norm, cfg, member.seed, args.resume,
                              fingerprint(args.data, args.member, member, cfg, classes, image_shape, world),
-                             on_epoch=(lambda row: run.log_metrics(row, step=int(row["epoch"]))) if run else
-                             (lambda row: None), world=world)
+                             on_epoch=on_epoch, world=world)
             if run is None:
                 return
             setup.model.load_state_dict(result.best_state)
@@ -86,11 +91,11 @@ def train(args: argparse.Namespace, member: Member, params: Params) -> None:
             write_json(args.metrics, summary)
             write_history(args.history, result.history)
             run.log_metrics({f"best_{k}": v for k, v in summary.items()})
-            # The best checkpoint as the run's logged model, at its epoch, with the validation scores that chose it.
+            # The best checkpoint as the run's logged model at its epoch's step: MLflow links that epoch's metrics
+            # to it, the validation scores that chose it among them.
             run.log_torch_model(setup.model.float().cpu().eval(),
                                 example=setup.norm(setup.fit_data.x[:2]).float().cpu().numpy(),
-                                step=result.best_epoch, metrics={"val_loss": result.best["val_loss"],
-                                                                 "val_accuracy": result.best["val_accuracy"]})
+                                step=result.best_epoch)
         args.resume.unlink(missing_ok=True)
     finally:
         leave(world)

@@ -63,10 +63,10 @@ def locked_requirements(names: tuple[str, ...], lock: Path = LOCK_FILE) -> list[
     return [pins[canonicalize_name(name)] for name in names]
 
 
-def log_torch_model(model: Any, example: Any, step: int = 0, metrics: Mapping[str, float] | None = None) -> str:
+def log_torch_model(model: Any, example: Any, step: int = 0) -> str:
     """The model in MLflow's pytorch flavor, with a signature inferred from `example` (a numpy batch), as an
-    MLflow 3 logged model at training step `step` with `metrics` linked to it (the scores that chose this
-    checkpoint). Returns its model id."""
+    MLflow 3 logged model at training step `step`: MLflow links to it every metric the run logged at that step.
+    Returns its model id."""
     import mlflow.pytorch
     import torch
 
@@ -83,8 +83,6 @@ def log_torch_model(model: Any, example: Any, step: int = 0, metrics: Mapping[st
         # Explicit: skips MLflow's slow requirement inference, and pins the torch that trained it.
         pip_requirements=locked_requirements(("torch",)),
     )
-    if metrics:
-        mlflow.log_metrics(dict(metrics), step=step, model_id=info.model_id)
     return info.model_id
 
 

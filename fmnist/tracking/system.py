@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 from mlflow.system_metrics.metrics.base_metrics_monitor import BaseMetricsMonitor
@@ -45,6 +46,23 @@ class ProcessMonitor(BaseMetricsMonitor):
         return {k: round(sum(v) / len(v), 1) for k, v in self._metrics.items()}
 
 
+class EpochMonitor(SystemMetricsMonitor):
+    """MLflow's monitor, its samples logged at the step of the training epoch in progress instead of a sample
+    count: system and training metrics share one x axis, and the logged model of epoch N (which MLflow links to
+    every metric of its step) gets the samples taken while epoch N trained, not an unrelated sample N."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.epoch = 1
+
+    def epoch_done(self, epoch: int) -> None:
+        self.epoch = epoch + 1
+
+    def publish_metrics(self, metrics: dict[str, float]) -> None:
+        self._logging_step = self.epoch  # MLflow's own publish_metrics logs at this step
+        super().publish_metrics(metrics)
+
+
 def node_id(rank: int) -> str:
     """`rank<R>`: the prefix under system/ that one process's metrics share, whatever the process count, so
     runs on one and on several processes compare metric by metric."""
@@ -52,19 +70,20 @@ def node_id(rank: int) -> str:
 
 
 @contextlib.contextmanager
-def system_metrics(run_id: str, uri: str, rank: int, cuda: bool) -> Iterator[None]:
-    """Sample this process's system metrics into run `run_id` until the block ends (or the run does). A
-    monitor that cannot write (a store that went away) logs a warning and stops; training goes on."""
+def system_metrics(run_id: str, uri: str, rank: int, cuda: bool) -> Iterator[EpochMonitor]:
+    """Sample this process's system metrics into run `run_id` until the block ends (or the run does), at the
+    step of the epoch in progress (tell the monitor `epoch_done`). A monitor that cannot write (a store that went
+    away) logs a warning and stops; training goes on."""
     # Its INFO lines (started, stopped, no GPU) would repeat in every process's log for nothing new.
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-    monitor = SystemMetricsMonitor(run_id, sampling_interval=SAMPLING_INTERVAL_S, node_id=node_id(rank),
+    monitor = EpochMonitor(run_id, sampling_interval=SAMPLING_INTERVAL_S, node_id=node_id(rank),
                                    tracking_uri=uri)
     monitor.monitors.append(ProcessMonitor(cuda))
     monitor.start()
     log.debug("system metrics of rank %d (pid %d on %s) go to run %s", rank, os.getpid(), socket.gethostname(),
               run_id)
     try:
-        yield
+        yield monitor
     finally:
         monitor.finish()
         # MLflow's loop drops the samples of its last, unfinished interval: a last sample keeps a short run (or

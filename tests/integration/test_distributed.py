@@ -116,6 +116,10 @@ def test_every_process_records_system_metrics_in_the_members_run(uninterrupted):
         # a training process holds the data and the net: well over the interpreter's own ~30 MB, under 4 GB
         assert 100 < run.data.metrics[f"system/rank{rank}/process_memory_rss_megabytes"] < 4000
         assert run.data.metrics[f"system/rank{rank}/process_cpu_utilization_percentage"] > 0
+        # logged at the step of the epoch in progress: 1..EPOCHS, and EPOCHS + 1 for the sample after training
+        steps = {m.step for m in client.get_metric_history(run.info.run_id,
+                                                           f"system/rank{rank}/process_memory_rss_megabytes")}
+        assert steps <= set(range(1, EPOCHS + 2)) and EPOCHS + 1 in steps, steps
     assert not any(k.startswith("system/") and "/rank" not in k for k in run.data.metrics)  # all under a rank
 
 
@@ -127,8 +131,9 @@ def test_the_best_checkpoint_is_a_logged_model_with_its_validation_scores(uninte
     assert len(models) == 1 and models[0].source_run_id == run.info.run_id
     summary = json.loads((project / "m0.json").read_text())
     linked = {m.key: m for m in models[0].metrics}
-    assert {"val_loss", "val_accuracy"} <= set(linked)
-    assert linked["val_accuracy"].step == summary["best_epoch"]
+    assert {"val_loss", "val_accuracy", "train_loss"} <= set(linked)
+    # all of them the best epoch's: its training scores and the system samples taken while it trained
+    assert {m.step for m in models[0].metrics} == {summary["best_epoch"]}
     assert linked["val_accuracy"].value == pytest.approx(summary["val_accuracy"], abs=1e-6)
     assert linked["val_loss"].value == pytest.approx(summary["val_loss"], abs=1e-6)
     assert linked["val_accuracy"].run_id == run.info.run_id
