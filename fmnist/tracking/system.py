@@ -76,8 +76,7 @@ def system_metrics(run_id: str, uri: str, rank: int, cuda: bool) -> Iterator[Epo
     away) logs a warning and stops; training goes on."""
     # Its INFO lines (started, stopped, no GPU) would repeat in every process's log for nothing new.
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-    monitor = EpochMonitor(run_id, sampling_interval=SAMPLING_INTERVAL_S, node_id=node_id(rank),
-                                   tracking_uri=uri)
+    monitor = EpochMonitor(run_id, sampling_interval=SAMPLING_INTERVAL_S, node_id=node_id(rank), tracking_uri=uri)
     monitor.monitors.append(ProcessMonitor(cuda))
     monitor.start()
     log.debug("system metrics of rank %d (pid %d on %s) go to run %s", rank, os.getpid(), socket.gethostname(),
