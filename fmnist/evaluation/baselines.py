@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import importlib
 import time
-from collections.abc import Callable
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 

@@ -63,10 +63,9 @@ def locked_requirements(names: tuple[str, ...], lock: Path = LOCK_FILE) -> list[
     return [pins[canonicalize_name(name)] for name in names]
 
 
-def log_torch_model(model: Any, example: Any, step: int = 0) -> str:
+def log_torch_model(model: Any, example: Any, step: int = 0) -> None:
     """The model in MLflow's pytorch flavor, with a signature inferred from `example` (a numpy batch), as an
-    MLflow 3 logged model at training step `step`: MLflow links to it every metric the run logged at that step.
-    Returns its model id."""
+    MLflow 3 logged model at training step `step`: MLflow links to it every metric the run logged at that step."""
     import mlflow.pytorch
     import torch
 
@@ -75,15 +74,15 @@ def log_torch_model(model: Any, example: Any, step: int = 0) -> str:
     model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
-    info = mlflow.pytorch.log_model(
-        model, name="model", step=step, signature=mlflow.models.infer_signature(example, output), input_example=example,
+    mlflow.pytorch.log_model(
+        model, name="model", step=step, signature=mlflow.models.infer_signature(example, output),
+        input_example=example,
         # torch.export's archive: the graph as JSON, the weights as raw bytes; the one pickle in it is the example
         # input, a tensor (tests/integration/test_tracking.py). MLflow's default on Databricks would pickle it all.
         serialization_format="pt2",
         # Explicit: skips MLflow's slow requirement inference, and pins the torch that trained it.
         pip_requirements=locked_requirements(("torch",)),
     )
-    return info.model_id
 
 
 @contextmanager

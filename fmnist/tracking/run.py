@@ -135,10 +135,10 @@ class StageRun:
             mlflow.log_params(lineage.flatten(params))
             yield StageRun(run.info.run_id)
 
-    def log_torch_model(self, model: Any, example: Any, step: int = 0) -> str:
+    def log_torch_model(self, model: Any, example: Any, step: int = 0) -> None:
         """The model in MLflow's pytorch flavor, with a signature inferred from `example` (a numpy batch): a
-        logged model at `step`, to which MLflow links the run's metrics of that step. Returns its model id."""
-        return registry.log_torch_model(model, example, step)
+        logged model at `step`, to which MLflow links the run's metrics of that step."""
+        registry.log_torch_model(model, example, step)
 
     def log_ensemble_model(self, path: Path, example: Any, metrics: Mapping[str, Any],
                            metadata: Mapping[str, Any] | None = None) -> str:

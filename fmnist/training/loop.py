@@ -77,7 +77,7 @@ class Lookahead:
     the last step leaves the weights at the slow copy. Every process applies it to the same weights."""
 
     def __init__(self, model: nn.Module, every: int, total: int):
-        self.params = [p for p in model.parameters()]
+        self.params = list(model.parameters())
         self.slow = [p.detach().clone() for p in self.params]
         self.every, self.total = every, total
 
@@ -111,12 +111,10 @@ def make_optimizer(model: nn.Module, cfg: Train) -> torch.optim.Optimizer:
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-    if cfg.optimizer == "muon":
-        filters = [p for p in model.parameters() if p.ndim == 4]
-        others = [p for p in model.parameters() if p.ndim < 4]
-        groups = [{"params": filters, "muon": True, "lr_scale": cfg.muon_lr / cfg.lr},
-                  {"params": [p for p in others if p.ndim > 1], "weight_decay": cfg.weight_decay},
-                  {"params": [p for p in others if p.ndim <= 1]}]
+    if cfg.optimizer == "muon":  # the conv filters (4-D) take Muon steps, the rest the SGD groups above
+        groups = [{"params": [p for p in decay if p.ndim == 4], "muon": True, "lr_scale": cfg.muon_lr / cfg.lr},
+                  {"params": [p for p in decay if p.ndim < 4], "weight_decay": cfg.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
         return MuonSGD(groups, cfg.lr, cfg.momentum, cfg.muon_momentum)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
 
