@@ -99,7 +99,7 @@ class Augment(Section):
 
 
 class Train(Section):
-    net: Literal["cmasch", "fast", "wrn"]
+    net: Literal["cmasch", "fast", "fast_whiten", "wrn"]
     epochs: int = Field(ge=1, le=1000)
     batch_size: int = Field(ge=2, le=65536)
     optimizer: Literal["sgd", "adamw", "muon"]
@@ -110,6 +110,8 @@ class Train(Section):
     label_smoothing: float = Field(ge=0, lt=1)
     ema_decay: float = Field(ge=0, lt=1, description="0 turns EMA of weights off")
     lookahead_every: int = Field(ge=0, le=1000, description="steps between lookahead averages; 0 = off")
+    no_decay_lr_scale: float = Field(gt=0, le=1000, description="lr multiplier of the parameters without weight decay"
+                                     " (BatchNorm weights and biases)")
     dirac_init: bool = Field(description="identity initialisation of the 3x3 convs (fmnist.model.nets.dirac_init)")
     muon_lr: float = Field(gt=0, le=10, description="optimizer muon: peak lr of the conv filters")
     muon_momentum: float = Field(ge=0, lt=1, description="optimizer muon: momentum of the conv filters")

@@ -34,15 +34,45 @@ def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
+class PatchWhitening(nn.Module):
+    """A frozen first layer (airbench's): the eigenvectors of the training images' k x k patch covariance, each
+    scaled to unit variance, and their negatives, so that the ReLU after it keeps both signs. Only its bias
+    learns; `fit` sets the filters from training images before training, and they are saved with the weights."""
+
+    def __init__(self, size: int = 3, eps: float = 5e-4):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2 * size * size, size, padding=size // 2)
+        self.conv.weight.requires_grad_(False)
+        self.eps = eps
+
+    @torch.no_grad()
+    def fit(self, images: torch.Tensor) -> None:
+        """`images`: (N, 1, H, W) normalized as the net takes them."""
+        k = self.conv.kernel_size[0]
+        patches = nn.functional.unfold(images.float(), k).transpose(1, 2).reshape(-1, k * k).double()
+        eigenvalues, eigenvectors = torch.linalg.eigh(torch.cov(patches.T))
+        filters = eigenvectors.T / torch.sqrt(eigenvalues + self.eps)[:, None]
+        self.conv.weight.copy_(torch.cat([filters, -filters]).reshape(self.conv.weight.shape))
+        self.conv.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
 class FastVGG(nn.Module):
     """Low-FLOP VGG-style net for CPUs: stages of 3x3 conv-BN-ReLU, each followed by 2x2 max-pool; global max-pool
     and a linear head. `stages` lists each stage's conv widths; most FLOPs sit at 14x14 and 7x7. The default widths
-    won against wider and narrower ones on a 2-core CPU (docs/fast-net-search.md)."""
+    won against wider and narrower ones on a 2-core CPU (docs/fast-net-search.md). `whiten` puts a frozen
+    PatchWhitening layer and a ReLU first."""
 
-    def __init__(self, n_classes: int, stages: tuple[tuple[int, ...], ...] = ((24,), (48, 48), (96, 96))):
+    def __init__(self, n_classes: int, stages: tuple[tuple[int, ...], ...] = ((24,), (48, 48), (96, 96)),
+                 whiten: bool = False):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 1
+        if whiten:
+            layers += [PatchWhitening(), nn.ReLU(inplace=True)]
+            c_in = layers[0].conv.out_channels
         for widths in stages:
             for width in widths:
                 layers.append(conv_bn(c_in, width))
@@ -97,7 +127,7 @@ class WideResNet(nn.Module):
         return self.head(self.features(x))
 
 
-NETS = ("cmasch", "fast", "wrn")
+NETS = ("cmasch", "fast", "fast_whiten", "wrn")
 
 
 def build(name: str, n_classes: int, image_shape: tuple[int, int]) -> nn.Module:
@@ -106,6 +136,8 @@ def build(name: str, n_classes: int, image_shape: tuple[int, int]) -> nn.Module:
         return Cmasch(n_classes, image_shape)
     if name == "fast":
         return FastVGG(n_classes)
+    if name == "fast_whiten":
+        return FastVGG(n_classes, whiten=True)
     if name == "wrn":
         return WideResNet(n_classes)
     raise ValueError(f"unknown net {name!r}; choose one of {', '.join(NETS)}")
@@ -120,6 +152,14 @@ def dirac_init(model: nn.Module) -> nn.Module:
             n = min(module.in_channels, module.out_channels)
             nn.init.dirac_(module.weight[:n])
     return model
+
+
+@torch.no_grad()
+def fit_whitening(model: nn.Module, images: torch.Tensor) -> None:
+    """Set every PatchWhitening layer of `model` from `images` (normalized); nothing for nets without one."""
+    for module in model.modules():
+        if isinstance(module, PatchWhitening):
+            module.fit(images)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -108,13 +108,14 @@ def make_optimizer(model: nn.Module, cfg: Train) -> torch.optim.Optimizer:
     weights only (not BN or biases; Muon's filters are renormalized instead)."""
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    plain = {"params": no_decay, "weight_decay": 0.0, "lr_scale": cfg.no_decay_lr_scale}
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, plain]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     if cfg.optimizer == "muon":  # the conv filters (4-D) take Muon steps, the rest the SGD groups above
         groups = [{"params": [p for p in decay if p.ndim == 4], "muon": True, "lr_scale": cfg.muon_lr / cfg.lr},
                   {"params": [p for p in decay if p.ndim < 4], "weight_decay": cfg.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
+                  plain]
         return MuonSGD(groups, cfg.lr, cfg.momentum, cfg.muon_momentum)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
 

@@ -31,8 +31,33 @@ def test_cmasch_matches_the_published_keras_model_size():
 
 
 def test_unknown_net_lists_the_choices():
-    with pytest.raises(ValueError, match="unknown net 'resnet9'; choose one of cmasch, fast, wrn"):
+    with pytest.raises(ValueError, match="unknown net 'resnet9'; choose one of cmasch, fast, fast_whiten, wrn"):
         nets.build("resnet9", 10, (28, 28))
+
+
+def test_patch_whitening_decorrelates_patches_and_is_frozen():
+    torch.manual_seed(0)
+    smooth = torch.nn.functional.avg_pool2d(torch.randn(200, 1, 30, 30), 3, 1)  # neighbours strongly correlated
+    layer = nets.PatchWhitening(size=3, eps=1e-6)
+    layer.fit(smooth)
+    assert not layer.conv.weight.requires_grad and layer.conv.bias.requires_grad
+    # On full patches (no padding) the 9 positive filters give uncorrelated unit-variance responses,
+    # the other 9 their negatives.
+    out = layer(smooth)[:, :, 1:-1, 1:-1].transpose(0, 1).reshape(18, -1).double()
+    torch.testing.assert_close(torch.cov(out[:9]), torch.eye(9, dtype=torch.float64), atol=0.02, rtol=0)
+    torch.testing.assert_close(out[9:], -out[:9])
+
+
+def test_whitened_net_is_fitted_from_images_and_keeps_its_filters_in_the_state_dict():
+    torch.manual_seed(0)
+    model = nets.build("fast_whiten", 10, (28, 28))
+    before = model.features[0].conv.weight.clone()
+    nets.fit_whitening(model, torch.randn(50, 1, 28, 28))
+    assert not torch.equal(before, model.features[0].conv.weight)
+    rebuilt = nets.build("fast_whiten", 10, (28, 28))
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(rebuilt.eval()(x), model.eval()(x))
 
 
 def batch():

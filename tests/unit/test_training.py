@@ -36,9 +36,10 @@ def synthetic(n: int, seed: int) -> Images:
 NORM = Normalizer(torch.tensor(0.2), torch.tensor(0.3), channels_last=True)
 
 
-def train_tiny(cfg, seed=0, **kwargs):
+def train_tiny(cfg, seed=0, net="fast", **kwargs):
     torch.manual_seed(seed)
-    model = nets.build("fast", 8, (28, 28)).to(memory_format=torch.channels_last)
+    model = nets.build(net, 8, (28, 28)).to(memory_format=torch.channels_last)
+    nets.fit_whitening(model, NORM(synthetic(256, 1).x))
     result = fit(model, synthetic(256, 1), synthetic(64, 2), NORM, cfg, seed, **kwargs)
     return model, result
 
@@ -191,6 +192,28 @@ def test_lookahead_changes_the_weights_and_still_learns():
     assert result.best["val_accuracy"] > 0.5
     plain, _ = train_tiny(tiny_cfg(epochs=3), seed=1)
     assert not torch.equal(next(iter(averaged.parameters())), next(iter(plain.parameters())))
+
+
+def test_whitened_net_learns_with_its_filters_frozen_and_its_bias_trained():
+    torch.manual_seed(0)
+    model, result = train_tiny(tiny_cfg(epochs=3), seed=0, net="fast_whiten")
+    assert result.best["val_accuracy"] > 0.5
+    fresh = nets.build("fast_whiten", 8, (28, 28))
+    nets.fit_whitening(fresh, NORM(synthetic(256, 1).x))
+    assert torch.equal(model.features[0].conv.weight, fresh.features[0].conv.weight.to(memory_format=torch.channels_last))
+    assert not torch.equal(model.features[0].conv.bias, fresh.features[0].conv.bias)
+
+
+def test_no_decay_lr_scale_multiplies_the_batchnorm_groups_lr():
+    from fmnist.training.loop import make_optimizer
+
+    model = nets.build("fast", 8, (28, 28))
+    for optimizer in ("sgd", "muon"):
+        groups = make_optimizer(model, tiny_cfg(no_decay_lr_scale=8.0, optimizer=optimizer)).param_groups
+        scaled = [g for g in groups if g.get("lr_scale") == 8.0]
+        assert len(scaled) == 1 and all(p.ndim == 1 for p in scaled[0]["params"])
+        assert sum(p.numel() for p in scaled[0]["params"]) == sum(
+            m.weight.numel() + m.bias.numel() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 
 def test_muon_learns_and_keeps_each_filter_bank_normalized():
