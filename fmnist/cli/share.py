@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from fmnist.cli.cached import checked_md5, directory_files, lock_objects, lock_outputs, require_cached
+from fmnist.cli.cached import MD5, checked_md5, directory_files, lock_objects, lock_outputs, require_cached
 from fmnist.errors import StageError
 
 log = logging.getLogger("fmnist.share")
@@ -114,8 +114,7 @@ class Remote:
     def name_objects(self, message: str) -> str:
         """`message` with each md5 of a dvc.lock output followed by that output's path."""
         paths = lock_outputs(self.repo)
-        return re.sub(r"[0-9a-f]{32}(?:\.dir)?", lambda m: f"{m[0]} ({paths[m[0]]})" if m[0] in paths else m[0],
-                      message)
+        return MD5.sub(lambda m: f"{m[0]} ({paths[m[0]]})" if m[0] in paths else m[0], message)
 
     def stage_keys(self) -> dict[str, str]:
         """{stage: run-cache key} for the stages dvc.lock records, computed as DVC does when it saves an entry."""

@@ -1,10 +1,12 @@
 """Muon for convolution filters (Jordan et al., 2024; airbench94_muon): the momentum of each filter bank's gradient,
 viewed as an (out, in*k*k) matrix, is replaced by the nearest semi-orthogonal matrix (Newton-Schulz iterations),
 and the bank's weights are renormalized every step, which a BatchNorm after the conv makes harmless. The other
-parameters (BatchNorm, the linear head) take SGD-Nesterov steps in the same optimizer."""
+parameters (BatchNorm, the linear head) take torch.optim.SGD's Nesterov steps (its functional form) in the same
+optimizer, so that one optimizer holds every group for the schedule and one state dict for resume checkpoints."""
 from __future__ import annotations
 
 import torch
+from torch.optim.sgd import sgd
 
 
 def orthogonalize(g: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.Tensor:
@@ -32,23 +34,25 @@ class MuonSGD(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None) -> None:
         for group in self.param_groups:
-            lr = group["lr"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(g)
-                buf = state["momentum_buffer"]
-                if group["muon"]:
-                    momentum = group["muon_momentum"]
-                    buf.mul_(momentum).add_(g)
-                    g = g.add(buf, alpha=momentum)
-                    p.mul_(len(p) ** 0.5 / p.norm())
-                    p.add_(orthogonalize(g.reshape(len(g), -1)).view(g.shape), alpha=-lr)
-                else:
-                    if group["weight_decay"]:
-                        g = g.add(p, alpha=group["weight_decay"])
-                    buf.mul_(group["momentum"]).add_(g)
-                    p.add_(g.add(buf, alpha=group["momentum"]), alpha=-lr)
+            params = [p for p in group["params"] if p.grad is not None]
+            if group["muon"]:
+                for p in params:
+                    self._muon_step(p, group["lr"], group["muon_momentum"])
+                continue
+            # torch.optim.SGD's own update (Nesterov, no dampening), on this optimizer's state
+            buffers = [self.state[p].get("momentum_buffer") for p in params]
+            sgd(params, [p.grad for p in params], buffers, weight_decay=group["weight_decay"],
+                momentum=group["momentum"], lr=group["lr"], dampening=0.0, nesterov=True, maximize=False,
+                foreach=False)
+            for p, buffer in zip(params, buffers):
+                self.state[p]["momentum_buffer"] = buffer
+
+    def _muon_step(self, p: torch.Tensor, lr: float, momentum: float) -> None:
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p.grad)
+        buf = state["momentum_buffer"]
+        buf.mul_(momentum).add_(p.grad)
+        g = p.grad.add(buf, alpha=momentum)
+        p.mul_(len(p) ** 0.5 / p.norm())
+        p.add_(orthogonalize(g.reshape(len(g), -1)).view(g.shape), alpha=-lr)

@@ -158,3 +158,13 @@ def test_only_the_run_cache_of_the_stages_in_this_dvc_lock_is_taken(pushed, buck
     assert run_cache_keys(teammate) == run_cache_keys(repo)  # the one entry of this dvc.lock's stage
     assert other not in run_cache_keys(teammate)
     assert (teammate / "out.txt").read_text() == "shared\n" * 3
+
+
+def test_an_md5_in_a_failure_message_is_followed_by_its_output_path(origin, monkeypatch):
+    from fmnist.cli.share import Remote
+
+    monkeypatch.chdir(origin)
+    md5 = hashlib.md5((origin / "out.txt").read_bytes()).hexdigest()
+    unknown = "f" * 32
+    named = Remote(None).name_objects(f"missing: {md5}, {unknown}.dir")
+    assert named == f"missing: {md5} (out.txt), {unknown}.dir"

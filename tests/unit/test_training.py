@@ -72,9 +72,10 @@ class Killed(Exception):
 
 
 @pytest.mark.fault
-@pytest.mark.parametrize(("ema_decay", "lookahead_every"), [(0.0, 0), (0.9, 0), (0.0, 3)])
-def test_kill_and_resume_ends_with_the_same_weights(tmp_path, ema_decay, lookahead_every):
-    cfg = tiny_cfg(epochs=3, ema_decay=ema_decay, lookahead_every=lookahead_every,
+@pytest.mark.parametrize(("ema_decay", "lookahead_every", "optimizer"),
+                         [(0.0, 0, "sgd"), (0.9, 0, "sgd"), (0.0, 3, "sgd"), (0.0, 0, "muon")])
+def test_kill_and_resume_ends_with_the_same_weights(tmp_path, ema_decay, lookahead_every, optimizer):
+    cfg = tiny_cfg(epochs=3, ema_decay=ema_decay, lookahead_every=lookahead_every, optimizer=optimizer,
                    augment={"flip": True, "translate": 2, "erasing": 0.5})
     uninterrupted, full = train_tiny(cfg, seed=5)
 
