@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -208,6 +209,23 @@ def stage_run(stage: str) -> Iterator[StageRun]:
         yield from _tracked(stage, params, chosen_by_user)
 
 
+@contextlib.contextmanager
+def _ended(run: Any) -> Iterator[None]:
+    """`with run`, except that a store that cannot take the FAILED status does not replace the error that failed
+    the stage: it is logged, and the stage's own error goes on (a DDP rank whose peer was killed mid-write to the
+    SQLite store gets "database is locked" here, which would hide the one line that says a peer failed)."""
+    try:
+        yield
+    except BaseException:
+        try:
+            run.__exit__(*sys.exc_info())
+        except Exception as exc:  # sqlalchemy, requests, MLflow: many types for one cause
+            log.warning("MLflow run %s: its FAILED status was not recorded (%s: %s); it may show as RUNNING",
+                        run.info.run_id, type(exc).__name__, (redact(str(exc)).splitlines() or [""])[0][:300])
+        raise
+    run.__exit__(None, None, None)
+
+
 def _tracked(stage: str, params: Mapping[str, Any], chosen_by_user: set[str]) -> Iterator[StageRun]:
     """stage_run's body, under the fail-fast HTTP defaults."""
     uri = tracking_uri()
@@ -224,7 +242,7 @@ def _tracked(stage: str, params: Mapping[str, Any], chosen_by_user: set[str]) ->
     try:
         with _environment(HTTP_MID_RUN, keep=chosen_by_user), _unwind_on_sigterm() as sigterm:
             try:
-                with run, sigterm:  # sigterm's exit disarms it before the run's exit writes its status
+                with _ended(run), sigterm:  # sigterm's exit disarms it before the run's exit writes its status
                     mlflow.log_params(lineage.flatten(params))
                     log.info("MLflow run %s (%s) in %s", run.info.run_id, stage, redact(uri))
                     yield StageRun(run.info.run_id)

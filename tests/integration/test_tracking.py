@@ -221,6 +221,33 @@ def test_a_sigterm_during_a_failed_runs_closing_cannot_leave_it_running(project,
 
 
 @pytest.mark.fault
+def test_a_store_that_cannot_take_the_failed_status_does_not_hide_the_stages_error(project, monkeypatch, caplog):
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    root = project()
+    end_run = fluent.end_run
+
+    def locked(status="FINISHED", *args, **kwargs):
+        if status == "FAILED":  # what a DDP rank got when its peer was killed while writing to the SQLite store
+            raise sqlalchemy.exc.OperationalError("UPDATE runs SET status=?", ("FAILED",),
+                                                  sqlite3.OperationalError("database is locked"))
+        return end_run(status, *args, **kwargs)
+
+    monkeypatch.setattr(fluent, "end_run", locked)
+    try:
+        with pytest.raises(RuntimeError, match="peer died"), stage_run("train@m0") as run:
+            raise RuntimeError("peer died")
+        left = store(root).get_run(run.run_id).info.status
+    finally:
+        monkeypatch.undo()
+        mlflow.end_run()  # the run the store could not close is still this process's active run
+    assert f"MLflow run {run.run_id}: its FAILED status was not recorded (OperationalError" in caplog.text
+    assert "database is locked" in caplog.text and left == "RUNNING"
+
+
+@pytest.mark.fault
 def test_a_sigterm_during_a_finished_runs_closing_stops_the_stage_after_it(project, monkeypatch):
     root = project()
     ending: list[str] = []
