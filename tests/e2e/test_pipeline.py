@@ -66,7 +66,7 @@ def test_the_outputs_are_what_the_ci_profile_makes(repo):
     assert 0.7 < baselines["best_accuracy"] < 1  # 2,400 images: the MLP or random forest, about 83%
     assert json.loads((repo / "metrics/ensemble.json").read_text())["members"] == 2
     state = torch.load(repo / "models/members/m0.pt", weights_only=True)
-    assert state["net"] == "fast" and state["member"] == "m0" and len(state["classes"]) == 10
+    assert state["net"] == real_params()["train"]["net"] and state["member"] == "m0" and len(state["classes"]) == 10
     train = json.loads((repo / "metrics/train/m0.json").read_text())
     assert 1 <= train["best_epoch"] <= 2 and train["val_accuracy"] > 0.5
     history = (repo / "metrics/history/m0.csv").read_text().splitlines()
