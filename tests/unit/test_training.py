@@ -39,8 +39,9 @@ NORM = Normalizer(torch.tensor(0.2), torch.tensor(0.3), channels_last=True)
 def train_tiny(cfg, seed=0, net="fast", **kwargs):
     torch.manual_seed(seed)
     model = nets.build(net, 8, (28, 28)).to(memory_format=torch.channels_last)
-    nets.fit_whitening(model, NORM(synthetic(256, 1).x))
-    result = fit(model, synthetic(256, 1), synthetic(64, 2), NORM, cfg, seed, **kwargs)
+    data = synthetic(256, 1)
+    nets.fit_whitening(model, NORM(data.x))
+    result = fit(model, data, synthetic(64, 2), NORM, cfg, seed, **kwargs)
     return model, result
 
 
