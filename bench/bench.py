@@ -5,6 +5,8 @@ training time to reach 92/93/94% test accuracy, over --seeds members (mean and s
     python bench/bench.py                        # roofline + throughput of every net on the default device
     python bench/bench.py --nets fast --accuracy --seeds 5  # + time to 94%: 5 members (minutes each on a CPU)
     python bench/bench.py --nets fast --layouts 1x2 2x1  # DDP training steps: processes x threads each
+    python bench/bench.py --device cuda --profile profiles/gpu-fast.yaml --nets fast_whiten --accuracy --seeds 3
+    bench/gpu_check.sh                           # what the GPU figures of docs/training.md came from
 
 Test accuracy is measured after every epoch here for the time-to-accuracy figures only: the pipeline itself
 selects checkpoints on validation data and never looks at the test set before evaluation.
@@ -23,12 +25,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
+from fmnist.cli.profile import apply_profile, read_yaml
 from fmnist.device import autocast, pick_device, set_threads
 from fmnist.model import nets
 from fmnist.model.nets import Normalizer, for_inference
-from fmnist.params import load_params
+from fmnist.params import PARAMS_FILE, Params, parse_params
 from fmnist.training.loop import Images, fit, load_member_data
 from fmnist.training.member import build_net
 
@@ -203,6 +207,31 @@ def compare_layouts(args: argparse.Namespace) -> None:
             print(f"{name:8} {layout:>8} {ips:>12,.0f} {3 * flops * ips / 1e9:>8.1f} {48000 / ips:>8.1f}", flush=True)
 
 
+def setting(text: str) -> dict:
+    """'train.batch_size=512' -> {'train': {'batch_size': 512}} (the value read as YAML), as `dvc exp run -S`."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with a dotted key, got {text!r}")
+    override: dict = {}
+    *parents, leaf = key.split(".")
+    level = override
+    for part in parents:
+        level = level.setdefault(part, {})
+    level[leaf] = yaml.safe_load(value)
+    return override
+
+
+def bench_params(profiles: list[Path], settings: list[dict]) -> Params:
+    """params.yaml with each profile, then each --set, laid over it in memory by `fmnist profile`'s rules (an
+    unknown key is an error); params.yaml itself stays as it is."""
+    raw = read_yaml(Path(PARAMS_FILE))
+    for profile in profiles:
+        raw = apply_profile(raw, read_yaml(profile), str(profile))
+    for override in settings:
+        raw = apply_profile(raw, override, "--set")
+    return parse_params(raw, PARAMS_FILE)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nets", nargs="+", default=list(nets.NETS), choices=nets.NETS)
@@ -214,12 +243,17 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="for --accuracy; default train.epochs")
     parser.add_argument("--seeds", type=int, default=1, help="for --accuracy: members trained (seed and split i)")
     parser.add_argument("--data", type=Path, default=Path("data/processed"))
+    parser.add_argument("--profile", type=Path, action="append", default=[],
+                        help="a params override laid over params.yaml for this run only, e.g. profiles/gpu.yaml "
+                             "(repeatable, applied in order); --accuracy trains with the result")
+    parser.add_argument("--set", type=setting, action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                        help="one param for this run only, after the profiles, e.g. --set train.batch_size=512")
     parser.add_argument("--layouts", nargs="+", metavar="PxT",
                         help="only compare data-parallel layouts on the CPU: P processes x T threads, e.g. 1x2 2x1")
     parser.add_argument("--steps", type=int, default=60, help="for --layouts: timed training steps per layout")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    params = load_params()
+    params = bench_params(args.profile, args.settings)
     if args.layouts:
         compare_layouts(args)
         return

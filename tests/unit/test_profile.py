@@ -1,4 +1,7 @@
 """Params profiles: an override file laid over params.yaml, validated before it is written."""
+import argparse
+import importlib.util
+
 import pytest
 
 from fmnist.cli.profile import apply_profile, merge, read_yaml
@@ -29,6 +32,42 @@ def test_the_gpu_profile_yields_valid_params_for_a_wide_resnet_on_cuda():
     params = committed_profile_applied("gpu.yaml")
     assert params.train.net == "wrn" and params.train.device == "cuda" and params.train.compile
     assert list(params.members) == list(real_params()["members"])  # the ensemble stays as it is
+
+
+def test_the_gpu_fast_profile_is_the_fast_net_on_cuda_in_large_uncompiled_batches():
+    params = committed_profile_applied("gpu-fast.yaml")
+    assert (params.train.net, params.train.device, params.train.batch_size, params.train.epochs) == \
+        ("fast_whiten", "cuda", 1024, 24)
+    assert not params.train.compile and params.train.processes == 1
+    assert list(params.members) == list(real_params()["members"])
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "bench" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_bench_lays_profiles_then_settings_over_params_in_memory_only(monkeypatch):
+    bench = _bench_module()
+    monkeypatch.chdir(ROOT)
+    before = (ROOT / "params.yaml").read_bytes()
+    params = bench.bench_params([ROOT / "profiles" / "gpu-fast.yaml"],
+                                [bench.setting("train.batch_size=512"), bench.setting("train.lr=0.3")])
+    assert (params.train.net, params.train.batch_size, params.train.lr, params.train.epochs) == \
+        ("fast_whiten", 512, 0.3, 24)
+    assert (ROOT / "params.yaml").read_bytes() == before
+
+
+@pytest.mark.fault
+def test_a_bench_setting_with_a_typo_or_no_value_fails_naming_it(monkeypatch):
+    bench = _bench_module()
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(ParamsError, match=r"train.batchsize: unknown key"):
+        bench.bench_params([], [bench.setting("train.batchsize=5")])
+    with pytest.raises(argparse.ArgumentTypeError, match="expected KEY=VALUE.*'train.lr'"):
+        bench.setting("train.lr")
 
 
 def test_the_cpu_long_profile_is_the_measured_recipe_five_members_of_44_epochs_and_nothing_else():
