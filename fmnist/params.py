@@ -99,7 +99,7 @@ class Augment(Section):
 
 
 class Train(Section):
-    net: Literal["cmasch", "fast", "fast_whiten", "wrn"]
+    net: Literal["cmasch", "fast", "fast_whiten", "fast_pool", "wrn"]
     epochs: int = Field(ge=1, le=1000)
     batch_size: int = Field(ge=2, le=65536)
     optimizer: Literal["sgd", "adamw", "muon"]

@@ -31,8 +31,24 @@ def test_cmasch_matches_the_published_keras_model_size():
 
 
 def test_unknown_net_lists_the_choices():
-    with pytest.raises(ValueError, match="unknown net 'resnet9'; choose one of cmasch, fast, fast_whiten, wrn"):
+    with pytest.raises(ValueError, match="unknown net 'resnet9'; choose one of cmasch, fast, fast_whiten, fast_pool, wrn"):
         nets.build("resnet9", 10, (28, 28))
+
+
+def test_early_pooling_runs_batchnorm_and_later_convs_on_pooled_pixels():
+    def batchnorm_sizes(name):
+        model, sizes = nets.build(name, 10, (28, 28)).eval(), []
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.register_forward_hook(lambda _module, _inputs, out: sizes.append(out.shape[-1]))
+        model(torch.zeros(1, 1, 28, 28))
+        return sizes, nets.count_parameters(model)
+
+    whiten_sizes, whiten_params = batchnorm_sizes("fast_whiten")
+    pool_sizes, pool_params = batchnorm_sizes("fast_pool")
+    assert whiten_sizes == [28, 14, 14, 7, 7]
+    assert pool_sizes == [14, 7, 7, 3, 3]
+    assert pool_params == whiten_params  # the same layers, in another order
 
 
 def test_patch_whitening_decorrelates_patches_and_is_frozen():
