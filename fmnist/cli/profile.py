@@ -3,7 +3,8 @@
     fmnist profile profiles/ci.yaml            # rewrites params.yaml in place
 
 Mappings merge key by key; a section named in the profile's `replace:` list is replaced whole (the members of a
-smaller ensemble, say). The result is validated like params.yaml itself before anything is written.
+smaller ensemble, say). The result is validated like params.yaml itself before anything is written, and written
+round-trip: every comment and the layout of params.yaml stay where they were, only the profile's values change.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ruamel.yaml import YAML
 
 from fmnist.files import atomic_path
 from fmnist.params import PARAMS_FILE, ParamsError, parse_params
@@ -58,8 +60,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="the params file to rewrite")
 
 
+def lay_over(document: Any, override: dict[str, Any], replace: frozenset[str], prefix: str = "") -> None:
+    """`merge`, in place on a round-trip (ruamel) document, so that the keys the profile leaves alone keep their
+    comments and formatting."""
+    for key, value in override.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(document.get(key), dict) and dotted not in replace:
+            lay_over(document[key], value, replace, f"{dotted}.")
+        else:
+            document[key] = value
+
+
 def run(args: argparse.Namespace) -> None:
-    merged = apply_profile(read_yaml(args.params), read_yaml(args.profile), str(args.profile))
-    with atomic_path(args.params) as tmp:
-        tmp.write_text(yaml.safe_dump(merged, sort_keys=False))
+    profile = read_yaml(args.profile)
+    apply_profile(read_yaml(args.params), profile, str(args.profile))  # validates; raises before any write
+    round_trip = YAML()  # ruamel's round-trip mode: comments, key order, flow style and quoting survive
+    round_trip.width = 4096  # never re-wrap a line the profile did not change
+    round_trip.indent(mapping=2, sequence=4, offset=2)  # params.yaml's own indentation of lists
+    round_trip.preserve_quotes = True
+    document = round_trip.load(args.params.read_text())
+    override = round_trip.load(args.profile.read_text())  # again round-trip: a replaced section keeps its style
+    lay_over(document, {k: v for k, v in override.items() if k != "replace"}, frozenset(profile.get("replace", [])))
+    with atomic_path(args.params) as tmp, tmp.open("w") as out:
+        round_trip.dump(document, out)
     print(f"{args.params}: applied {args.profile}")

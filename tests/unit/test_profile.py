@@ -1,9 +1,11 @@
 """Params profiles: an override file laid over params.yaml, validated before it is written."""
 import argparse
+import difflib
 import importlib.util
 
 import pytest
 
+from fmnist.cli import profile
 from fmnist.cli.profile import apply_profile, merge, read_yaml
 from fmnist.params import Params, ParamsError, parse_params
 from tests.conftest import ROOT, real_params
@@ -85,3 +87,28 @@ def test_a_profile_with_a_typo_fails_naming_the_key():
         apply_profile(real_params(), {"train": {"epoch": 2}}, "p.yaml")
     with pytest.raises(ParamsError, match="`replace` must be a list of dotted keys"):
         apply_profile(real_params(), {"replace": "members"}, "p.yaml")
+
+
+def test_the_cpu_fast_profile_changes_only_the_net_and_the_epochs():
+    default = parse_params(real_params())
+    params = committed_profile_applied("cpu-fast.yaml")
+    assert (params.train.net, params.train.epochs) == ("fast_pool", 22)
+    assert params.train.model_copy(update={"epochs": default.train.epochs, "net": default.train.net}) == default.train
+    assert params.model_copy(update={"train": default.train}) == default
+
+
+CI_PROFILE_KEYS = {"train_subset", "epochs", "processes", "threads", "samples", "m0", "m1", "m2"}
+
+
+def test_applying_a_profile_changes_its_values_and_keeps_every_comment_of_params_yaml(tmp_path, capsys):
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text((ROOT / "params.yaml").read_text())
+    profile.run(argparse.Namespace(params=params_file, profile=ROOT / "profiles" / "ci.yaml"))
+    before, after = (ROOT / "params.yaml").read_text().splitlines(), params_file.read_text().splitlines()
+    comments = [line.split("#", 1)[1] for line in before if "#" in line]
+    assert comments == [line.split("#", 1)[1] for line in after if "#" in line]
+    # What was written is what the profile means (apply_profile), and only the lines holding its values changed.
+    assert read_yaml(params_file) == apply_profile(real_params(), read_yaml(ROOT / "profiles/ci.yaml"), "ci.yaml")
+    changed = [line[2:] for line in difflib.ndiff(before, after) if line[:2] in ("- ", "+ ")]
+    assert changed and all(line.lstrip().split(":")[0] in CI_PROFILE_KEYS for line in changed), changed
+    assert f"{params_file}: applied" in capsys.readouterr().out
