@@ -31,7 +31,8 @@ def test_cmasch_matches_the_published_keras_model_size():
 
 
 def test_unknown_net_lists_the_choices():
-    with pytest.raises(ValueError, match="unknown net 'resnet9'; choose one of cmasch, fast, fast_whiten, fast_pool, wrn"):
+    choices = "cmasch, fast, fast_whiten, fast_pool, wrn"
+    with pytest.raises(ValueError, match=f"unknown net 'resnet9'; choose one of {choices}"):
         nets.build("resnet9", 10, (28, 28))
 
 
