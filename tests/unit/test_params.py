@@ -59,7 +59,8 @@ def test_out_of_range_values_are_named(key, value, expected):
 
 @pytest.mark.parametrize("key, value, expected", [
     ("epochs", -3, "train.epochs: Input should be greater than or equal to 1 (got -3)"),
-    ("net", "resnet50", "train.net: Input should be 'cmasch', 'fast', 'fast_whiten', 'fast_pool' or 'wrn' (got 'resnet50')"),
+    ("net", "resnet50",
+     "train.net: Input should be 'cmasch', 'fast', 'fast_whiten', 'fast_pool' or 'wrn' (got 'resnet50')"),
     ("device", "tpu", "train.device: Input should be 'auto', 'cpu' or 'cuda' (got 'tpu')"),
     ("lr", "fast", "train.lr: Input should be a valid number (got 'fast')"),
 ])
