@@ -9,6 +9,7 @@ round-trip: every comment and the layout of params.yaml stay where they were, on
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +20,23 @@ from fmnist.files import atomic_path
 from fmnist.params import PARAMS_FILE, ParamsError, parse_params
 
 
-def merge(base: dict[str, Any], override: dict[str, Any], replace: frozenset[str] = frozenset(),
-          prefix: str = "") -> dict[str, Any]:
-    """`base` with `override` laid over it; dotted keys in `replace` are taken from the override as they are."""
-    merged = dict(base)
+def lay_over(document: dict[str, Any], override: dict[str, Any], replace: frozenset[str] = frozenset(),
+             prefix: str = "") -> None:
+    """`override` laid over `document` in place: mappings merge key by key, and dotted keys in `replace` are taken
+    from the override as they are. In place, so that a round-trip (ruamel) document keeps the comments and layout
+    of every key the override leaves alone."""
     for key, value in override.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and isinstance(base.get(key), dict) and dotted not in replace:
-            merged[key] = merge(base[key], value, replace, f"{dotted}.")
+        if isinstance(value, dict) and isinstance(document.get(key), dict) and dotted not in replace:
+            lay_over(document[key], value, replace, f"{dotted}.")
         else:
-            merged[key] = value
+            document[key] = value
+
+
+def merge(base: dict[str, Any], override: dict[str, Any], replace: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """`base` with `override` laid over it (`lay_over`), as a new mapping; `base` stays as it is."""
+    merged = copy.deepcopy(base)
+    lay_over(merged, override, replace)
     return merged
 
 
@@ -58,17 +66,6 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("profile", type=Path, help="the override file, e.g. profiles/ci.yaml")
     parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="the params file to rewrite")
-
-
-def lay_over(document: Any, override: dict[str, Any], replace: frozenset[str], prefix: str = "") -> None:
-    """`merge`, in place on a round-trip (ruamel) document, so that the keys the profile leaves alone keep their
-    comments and formatting."""
-    for key, value in override.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and isinstance(document.get(key), dict) and dotted not in replace:
-            lay_over(document[key], value, replace, f"{dotted}.")
-        else:
-            document[key] = value
 
 
 def run(args: argparse.Namespace) -> None:
