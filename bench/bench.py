@@ -31,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from fmnist.cli.profile import apply_profile, read_yaml
 from fmnist.device import autocast, pick_device, set_threads
 from fmnist.model import nets
+from fmnist.model.names import NETS, check_net
 from fmnist.model.nets import Normalizer, for_inference
 from fmnist.params import PARAMS_FILE, Params, parse_params
 from fmnist.training.loop import Images, fit, load_member_data
@@ -221,6 +222,23 @@ def setting(text: str) -> dict:
     return override
 
 
+def epoch_images(data_dir: Path, params: Params) -> int:
+    """Training images an epoch: split 0's of the data when it is there (the data, not params, decides what
+    --accuracy trains on), else what params.yaml's split would leave."""
+    masks = data_dir / "train/is_val.npy"
+    if masks.exists():
+        return int((~np.load(masks)[0]).sum())
+    return round(params.dataset.train_count * (1 - params.preprocess.val_fraction))
+
+
+def net_name(text: str) -> str:
+    """A --nets value, checked as train.net is."""
+    try:
+        return check_net(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def bench_params(profiles: list[Path], settings: list[dict]) -> Params:
     """params.yaml with each profile, then each --set, laid over it in memory by `fmnist profile`'s rules (an
     unknown key is an error); params.yaml itself stays as it is."""
@@ -234,7 +252,8 @@ def bench_params(profiles: list[Path], settings: list[dict]) -> Params:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nets", nargs="+", default=list(nets.NETS), choices=nets.NETS)
+    parser.add_argument("--nets", nargs="+", default=list(NETS), type=net_name,
+                        help=f"{', '.join(NETS)} or wrn-<depth>-<width> (default: the first five)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     parser.add_argument("--batch-size", type=int, default=256)
@@ -259,7 +278,7 @@ def main() -> None:
         return
     threads = set_threads(params.train.threads)
     device = pick_device(args.device)
-    fit_images = round(params.dataset.train_count * (1 - params.preprocess.val_fraction))
+    fit_images = epoch_images(args.data, params)
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or 'CPU'}, {threads} threads"
     print(f"# {where}; torch {torch.__version__}; {args.precision}, channels_last, batch {args.batch_size}"
           f"{', compiled' if args.compile else ''}; epoch = {fit_images} images")

@@ -1,7 +1,8 @@
 #!/bin/bash
-# The GPU figures of docs/training.md: profiles/gpu.yaml's WRN-16-4 (time to 92-94% and the test accuracy after
-# each epoch) and the fast net's time to 94% (profiles/gpu-fast.yaml and batch/lr variants), on one CUDA GPU.
-# Needs data/processed (`dvc repro preprocess`); writes nothing but its logs, to $OUT (default bench/out-gpu).
+# The GPU figures of docs/training.md: WRN-16-4 with profiles/gpu.yaml's recipe on data/processed's 48,000
+# training images (time to 92-94% and the test accuracy after each epoch; the profile's own wrn-16-8 on 57,000 is
+# bench/gpu_wide.sh) and the fast net's time to 94% (profiles/gpu-fast.yaml and batch/lr variants), on one CUDA
+# GPU. Needs data/processed (`dvc repro preprocess`); writes nothing but its logs, to $OUT (default bench/out-gpu).
 #   bench/gpu_check.sh                       # about 6 minutes on an H200
 #   WRN_EPOCHS=140 bench/gpu_check.sh        # the longer WRN run (about 3.5 minutes of it)
 set -u -o pipefail

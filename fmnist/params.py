@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fmnist.evaluation.classifiers import SKLEARN_CLASSIFIERS
+from fmnist.model.names import check_net
 from fmnist.redaction import has_credentials, redact
 
 PARAMS_FILE = "params.yaml"
@@ -99,7 +100,8 @@ class Augment(Section):
 
 
 class Train(Section):
-    net: Literal["cmasch", "fast", "fast_whiten", "fast_pool", "wrn"]
+    net: str = Field(description="a net of fmnist.model.names: cmasch, fast, fast_whiten, fast_pool, wrn or "
+                                 "wrn-<depth>-<width>")
     epochs: int = Field(ge=1, le=1000)
     batch_size: int = Field(ge=2, le=65536)
     optimizer: Literal["sgd", "adamw", "muon"]
@@ -125,6 +127,11 @@ class Train(Section):
     eval_batch_size: int = Field(ge=1, le=65536)
     validate_every: int = Field(ge=1, le=1000, description="validate after every N-th epoch ...")
     validate_last: int = Field(ge=1, le=1000, description="... and after each of the last N epochs")
+
+    @field_validator("net")
+    @classmethod
+    def _known_net(cls, name: str) -> str:
+        return check_net(name)
 
 
 class Member(Section):

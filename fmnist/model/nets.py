@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
+from fmnist.model.names import check_net, wrn_shape
+
 
 class Cmasch(nn.Module):
     """PyTorch port of the published Keras model (github.com/cmasch/zalando-fashion-mnist, 93.43% as the mean of
@@ -116,7 +118,7 @@ class BasicBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """WRN-depth-k for GPU accuracy runs (WRN-16-4: 2.7M parameters)."""
+    """WRN-depth-k for GPU accuracy runs (WRN-16-4: 2.7M parameters, WRN-16-8 11.0M, WRN-40-4 8.9M, WRN-28-10 36.5M)."""
 
     def __init__(self, n_classes: int, depth: int = 16, width: int = 4, dropout: float = 0.0):
         super().__init__()
@@ -137,22 +139,14 @@ class WideResNet(nn.Module):
         return self.head(self.features(x))
 
 
-NETS = ("cmasch", "fast", "fast_whiten", "fast_pool", "wrn")
-
-
 def build(name: str, n_classes: int, image_shape: tuple[int, int]) -> nn.Module:
-    """The net called `name` for `n_classes` classes of single-channel images of `image_shape`."""
+    """The net called `name` (fmnist.model.names) for `n_classes` classes of single-channel images of
+    `image_shape`."""
+    if (shape := wrn_shape(check_net(name))) is not None:
+        return WideResNet(n_classes, *shape)
     if name == "cmasch":
         return Cmasch(n_classes, image_shape)
-    if name == "fast":
-        return FastVGG(n_classes)
-    if name == "fast_whiten":
-        return FastVGG(n_classes, whiten=True)
-    if name == "fast_pool":
-        return FastVGG(n_classes, whiten=True, pool_early=True)
-    if name == "wrn":
-        return WideResNet(n_classes)
-    raise ValueError(f"unknown net {name!r}; choose one of {', '.join(NETS)}")
+    return FastVGG(n_classes, whiten=name != "fast", pool_early=name == "fast_pool")
 
 
 @torch.no_grad()

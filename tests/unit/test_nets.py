@@ -2,17 +2,18 @@ import pytest
 import torch
 
 from fmnist.model import nets
+from fmnist.model.names import NETS
 from fmnist.params import Augment
 from fmnist.training import augment
 
 
-@pytest.mark.parametrize("name", nets.NETS)
+@pytest.mark.parametrize("name", NETS)
 def test_every_net_maps_a_batch_to_class_logits(name):
     model = nets.build(name, 10, (28, 28)).eval()
     assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
 
 
-@pytest.mark.parametrize("name", nets.NETS)
+@pytest.mark.parametrize("name", NETS)
 def test_inference_copy_folds_batchnorm_without_changing_outputs(name):
     torch.manual_seed(0)
     model = nets.build(name, 10, (28, 28))
@@ -23,6 +24,23 @@ def test_inference_copy_folds_batchnorm_without_changing_outputs(name):
     if name == "fast":  # conv -> BN pairs only there; the WRN's BNs precede their convs
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) or name == "cmasch"
+
+
+def test_a_wide_resnet_is_named_by_depth_and_width():
+    plain, named = nets.build("wrn", 10, (28, 28)), nets.build("wrn-16-4", 10, (28, 28))
+    assert nets.count_parameters(plain) == nets.count_parameters(named) == 2_748_602
+    small = nets.build("wrn-10-1", 10, (28, 28)).eval()
+    assert small(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert nets.count_parameters(small) < nets.count_parameters(plain) / 10
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("name, expected", [
+    ("wrn-17-4", r"depth must be 6n\+4"), ("wrn-16-0", "width must be 1 to 32"),
+])
+def test_a_net_no_one_can_build_is_refused_by_name(name, expected):
+    with pytest.raises(ValueError, match=expected):
+        nets.build(name, 10, (28, 28))
 
 
 def test_cmasch_matches_the_published_keras_model_size():

@@ -32,7 +32,8 @@ def test_the_ci_profile_yields_valid_small_params():
 
 def test_the_gpu_profile_yields_valid_params_for_a_wide_resnet_on_cuda():
     params = committed_profile_applied("gpu.yaml")
-    assert params.train.net == "wrn" and params.train.device == "cuda" and params.train.compile
+    assert params.train.net == "wrn-16-8" and params.train.device == "cuda" and params.train.compile
+    assert params.preprocess.val_fraction == 0.05 and params.preprocess.n_splits == real_params()["preprocess"]["n_splits"]
     assert list(params.members) == list(real_params()["members"])  # the ensemble stays as it is
 
 
