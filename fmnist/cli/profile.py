@@ -69,6 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    # Each file is read twice on purpose: validation must see the values every stage will read (PyYAML, YAML 1.1:
+    # `010` is 8, `yes` is true), and ruamel's round-trip reads YAML 1.2 (`010` is 10, `yes` a string).
     profile = read_yaml(args.profile)
     apply_profile(read_yaml(args.params), profile, str(args.profile))  # validates; raises before any write
     round_trip = YAML()  # ruamel's round-trip mode: comments, key order, flow style and quoting survive
