@@ -253,7 +253,7 @@ def bench_params(profiles: list[Path], settings: list[dict]) -> Params:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nets", nargs="+", default=list(NETS), type=net_name,
-                        help=f"{', '.join(NETS)} or wrn-<depth>-<width> (default: the first five)")
+                        help=f"any of {', '.join(NETS)} (the default: all of them) or wrn-<depth>-<width>")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     parser.add_argument("--batch-size", type=int, default=256)

@@ -27,8 +27,9 @@ from fmnist.data.splits import make_splits
 from fmnist.params import load_params
 folder, share = Path(sys.argv[1]), float(sys.argv[2])
 cfg = load_params().preprocess
-np.save(folder / "is_val.npy", make_splits(np.load(folder / "labels.npy"), cfg.n_splits, share, cfg.seed))
-print(f"validation share {share}: {int(np.load(folder / 'is_val.npy')[0].sum())} validation images per split")
+is_val = make_splits(np.load(folder / "labels.npy"), cfg.n_splits, share, cfg.seed)
+np.save(folder / "is_val.npy", is_val)
+print(f"validation share {share}: {int(is_val[0].sum())} validation images per split")
 PY
 # EXTRA: more bench options, word-split (a CPU dry run: EXTRA="--device cpu --set train.device=cpu").
 args=(--device cuda --profile profiles/gpu.yaml --set "preprocess.val_fraction=$VAL" --data "$DATA"

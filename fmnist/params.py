@@ -9,7 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fmnist.evaluation.classifiers import SKLEARN_CLASSIFIERS
-from fmnist.model.names import check_net
+from fmnist.model.names import NETS, check_net
 from fmnist.redaction import has_credentials, redact
 
 PARAMS_FILE = "params.yaml"
@@ -100,8 +100,7 @@ class Augment(Section):
 
 
 class Train(Section):
-    net: str = Field(description="a net of fmnist.model.names: cmasch, fast, fast_whiten, fast_pool, wrn or "
-                                 "wrn-<depth>-<width>")
+    net: str = Field(description=f"{', '.join(NETS)} or wrn-<depth>-<width> (fmnist.model.names)")
     epochs: int = Field(ge=1, le=1000)
     batch_size: int = Field(ge=2, le=65536)
     optimizer: Literal["sgd", "adamw", "muon"]
