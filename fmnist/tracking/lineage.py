@@ -12,7 +12,9 @@ import os
 import re
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,32 +115,36 @@ def output_hashes(paths: Iterable[str | Path]) -> dict[str, str]:
     return hashes
 
 
-def stage_params(stage: str) -> dict[str, Any]:
-    """The params dvc.yaml lists for `stage` (e.g. 'train@m0'), with their values: what the stage's run records
-    and its params hash digests, so MLflow and DVC agree on what a stage depends on."""
-    import dvc.api
-    from dvc.exceptions import DvcException
-
-    try:  # the working directory's project: in `dvc exp run --temp` that is the experiment's copy, not DVC_ROOT
-        return dvc.api.params_show(stages=[stage])
-    except DvcException as exc:
-        raise TrackingError(f"cannot read the params dvc.yaml lists for stage {stage!r} in {Path.cwd()}: {exc}. "
-                            "Run the stage from the DVC project (dvc repro), with the stage defined in dvc.yaml"
-                            ) from None
+@dataclass(frozen=True)
+class StageDefinition:
+    """What dvc.yaml says of one stage: the params it lists, with their values, and its outs."""
+    params: dict[str, Any]
+    outputs: list[str]
 
 
-def stage_outputs(stage: str) -> list[str]:
-    """The outs (metrics and plots included) dvc.yaml declares for `stage`, e.g. 'train@m0'; [] outside a DVC
-    project or for a name it does not know (a stage run by hand under another name)."""
+def stage_definition(stage: str) -> StageDefinition:
+    """The params dvc.yaml lists for `stage` (e.g. 'train@m0'), with their values, shaped as
+    `dvc.api.params_show(stages=[stage])` gives them: what the stage's run records and its params hash digests, so
+    MLflow and DVC agree on what a stage depends on. And the outs it declares (metrics and plots included).
+    One read of the project for both: params_show opens it once more, through DVC's revision machinery, and costs
+    about a second per stage run."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
-    try:
-        with Repo(".") as repo:
+    try:  # the working directory's project: in `dvc exp run --temp` that is the experiment's copy, not DVC_ROOT
+        with Repo() as repo:
             (found,) = repo.stage.collect(stage)
-            return [out.def_path for out in found.outs]
-    except (DvcException, ValueError):
-        return []
+            by_file = {dep.def_path: dep.read_params(flatten=False) for dep in found.params}
+            outputs = [out.def_path for out in found.outs]
+    except (DvcException, ValueError) as exc:
+        raise TrackingError(f"cannot read the params dvc.yaml lists for stage {stage!r} in {Path.cwd()}: {exc}. "
+                            "Run the stage from the DVC project (dvc repro), with the stage defined in dvc.yaml"
+                            ) from None
+    # As params_show merges files: a top-level key that two params files share is prefixed with its file's path.
+    counts = Counter(key for values in by_file.values() for key in values)
+    params = {(key if counts[key] == 1 else f"{path}:{key}"): value
+              for path, values in by_file.items() for key, value in values.items()}
+    return StageDefinition(params, outputs)
 
 
 def outputs_digest(outputs: dict[str, dict[str, str]]) -> str:

@@ -203,10 +203,10 @@ def stage_run(stage: str) -> Iterator[StageRun]:
     """One MLflow run for one execution of the dvc.yaml stage `stage`, a child of its pipeline's parent run:
     the params dvc.yaml lists for it, flattened; tags; FAILED if the stage raises; at the end, the parent's
     lineage and metrics are brought up to date."""
-    params = lineage.stage_params(stage)
+    definition = lineage.stage_definition(stage)
     chosen_by_user = {key for key in (*HTTP_DEFAULTS, *HTTP_MID_RUN) if key in os.environ}
     with _environment(HTTP_DEFAULTS, keep=chosen_by_user):
-        yield from _tracked(stage, params, chosen_by_user)
+        yield from _tracked(stage, definition, chosen_by_user)
 
 
 @contextlib.contextmanager
@@ -226,8 +226,9 @@ def _ended(run: Any) -> Iterator[None]:
     run.__exit__(None, None, None)
 
 
-def _tracked(stage: str, params: Mapping[str, Any], chosen_by_user: set[str]) -> Iterator[StageRun]:
+def _tracked(stage: str, definition: lineage.StageDefinition, chosen_by_user: set[str]) -> Iterator[StageRun]:
     """stage_run's body, under the fail-fast HTTP defaults."""
+    params = definition.params
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     key = lineage.pipeline_key()
@@ -248,7 +249,7 @@ def _tracked(stage: str, params: Mapping[str, Any], chosen_by_user: set[str]) ->
                     yield StageRun(run.info.run_id)
                     # The md5s dvc.lock will record for this stage's outputs: how a later pipeline that skips
                     # this stage finds this run as the producer of what it reuses.
-                    produced = lineage.output_hashes(lineage.stage_outputs(stage))
+                    produced = lineage.output_hashes(definition.outputs)
                     mlflow.set_tag("dvc_outs", " ".join(f"{path}={md5}" for path, md5 in produced.items()))
                     status = "FINISHED"
                 record_in_pipeline()

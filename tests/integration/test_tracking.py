@@ -7,6 +7,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 from mlflow.tracking import fluent
 
 from fmnist.digest import digest
@@ -62,6 +63,22 @@ def test_the_ensemble_stage_run_records_the_evaluate_key_that_shapes_its_metrics
     params = mlflow.get_run(run.run_id).data.params
     assert params["evaluate.ece_bins"] == "15" and "evaluate.mistakes" not in params  # exactly dvc.yaml's keys
     assert params["members.m0.seed"] == "0" and params["train.threads"] == "0" and "train.epochs" not in params
+
+
+def test_a_stage_definition_reads_params_and_outs_as_dvc_shows_them(project):
+    import dvc.api
+
+    root = project()
+    (root / "extra.yaml").write_text(yaml.safe_dump({"train": {"note": "other file"}, "solo": {"k": 1}}))
+    pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
+    pipeline["stages"]["ensemble"]["params"] += [{"extra.yaml": ["train.note", "solo"]}]
+    (root / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    for stage in ("train@m1", "ensemble", "baselines"):
+        assert lineage.stage_definition(stage).params == dvc.api.params_show(stages=[stage])
+    # a key two params files share is prefixed with its file, as params_show does; a key of one file is not
+    assert {"params.yaml:train", "extra.yaml:train", "solo"} <= set(lineage.stage_definition("ensemble").params)
+    assert lineage.stage_definition("train@m1").outputs == ["models/members/m1.pt", "metrics/train/m1.json",
+                                                            "metrics/history/m1.csv"]
 
 
 @pytest.mark.fault
