@@ -1,20 +1,18 @@
-"""visualize stage: what the data and the trained ensemble look like. A class sprite, and 2-D embeddings (PCA,
-t-SNE, and UMAP when umap-learn is installed) of a stratified test sample, from the raw pixels and from the
-ensemble's penultimate features (the members' features side by side), coloured by class; PNGs as DVC plots and
-in MLflow."""
+"""visualize stage: what the trained ensemble makes of the test set. 2-D embeddings (PCA, t-SNE, and UMAP when
+umap-learn is installed) of the ensemble's penultimate features (the members' features side by side) for a
+stratified test sample, the one visualize_data embeds as raw pixels, coloured by class; PNGs as DVC plots and in
+MLflow."""
 from __future__ import annotations
 
 import argparse
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from fmnist.data.arrays import load_images
 from fmnist.data.splits import stratified_subset
 from fmnist.device import set_threads
-from fmnist.evaluation import figures
-from fmnist.evaluation.embeddings import embed, penultimate_features, title
+from fmnist.evaluation.embeddings import draw_embeddings
+from fmnist.evaluation.features import penultimate_features
 from fmnist.files import atomic_dir
 from fmnist.model.ensemble import Ensemble
 from fmnist.params import load_params
@@ -33,20 +31,14 @@ def main() -> None:
     params = load_params()
     cfg = params.visualize
     set_threads(params.train.threads)
-    classes = list(params.dataset.classes)
     images, labels = load_images(args.data)
     ensemble = Ensemble.load(args.model)
     with stage_run("visualize") as run, atomic_dir(args.plots) as out:
-        figures.sprite(images, labels, classes, cfg.sprite_per_class, out / "sprite.png")
         sample = stratified_subset(labels, cfg.samples, cfg.seed)
-        sources = {"pixels": images[sample].reshape(len(sample), -1).astype(np.float32),
-                   "features": penultimate_features(ensemble, images[sample])}
-        for source, points in sources.items():
-            for method, xy in embed(points, cfg).items():
-                caption = title(method, source, len(sample), points.shape[1])
-                figures.embedding(xy, labels[sample], classes, out / f"{source}_{method}.png", caption)
-                log.info("%s", caption)
-        run.log_metrics({"samples": len(sample), "feature_dims": sources["features"].shape[1]})
+        features = penultimate_features(ensemble, images[sample])
+        for caption in draw_embeddings(features, labels[sample], list(params.dataset.classes), "features", out, cfg):
+            log.info("%s", caption)
+        run.log_metrics({"samples": len(sample), "feature_dims": features.shape[1]})
         for path in sorted(out.glob("*.png")):
             run.log_artifact(path, folder="visualize")
 

@@ -1,42 +1,16 @@
-"""What the data and the trained ensemble look like in 2-D: PCA, t-SNE, and UMAP when umap-learn is installed, of
-raw pixels and of the ensemble's penultimate features."""
+"""Points in 2-D: PCA, t-SNE, and UMAP when umap-learn is installed, as pictures; of raw pixels (visualize_data)
+or of the ensemble's penultimate features (visualize, fmnist.evaluation.features)."""
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
-from torch import nn
 
-from fmnist.model.ensemble import INFERENCE_BATCH, Ensemble, input_batches
+from fmnist.evaluation import figures
 from fmnist.params import Visualize
-
-
-def _classifier_head(model: nn.Module) -> nn.Linear:
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear layer to take penultimate features from")
-    return linears[-1]
-
-
-@torch.no_grad()
-def penultimate_features(ensemble: Ensemble, images: np.ndarray, batch_size: int = INFERENCE_BATCH) -> np.ndarray:
-    """(N, sum of members' feature sizes): each member's input to its last linear layer, concatenated, because
-    the members' feature spaces are unrelated and averaging them would mix unrelated axes."""
-    per_member = []
-    for model, state in zip(ensemble.members, ensemble.states):
-        captured: list[torch.Tensor] = []
-        hook = _classifier_head(model).register_forward_pre_hook(
-            lambda _, inputs, into=captured: into.append(inputs[0].flatten(1).float()))
-        try:
-            for x in input_batches(images, state["mean"], state["std"], torch.device("cpu"), batch_size):
-                model(x)
-        finally:
-            hook.remove()
-        per_member.append(torch.cat(captured).numpy())
-    return np.concatenate(per_member, axis=1)
 
 
 def embed(points: np.ndarray, cfg: Visualize) -> dict[str, np.ndarray]:
@@ -59,3 +33,13 @@ def title(method: str, source: str, samples: int, dims: int) -> str:
     name = "t-SNE" if method == "tsne" else method.upper()
     what = "raw pixels" if source == "pixels" else "ensemble penultimate features"
     return f"{name} of {what} ({samples:,} test images, {dims} dims)"
+
+
+def draw_embeddings(points: np.ndarray, labels: np.ndarray, classes: list[str], source: str, out: Path,
+                    cfg: Visualize) -> list[str]:
+    """Every embedding of `points` (one row per image of `labels`) as <out>/<source>_<method>.png; their titles."""
+    captions = []
+    for method, xy in embed(points, cfg).items():
+        captions.append(title(method, source, len(points), points.shape[1]))
+        figures.embedding(xy, labels, classes, out / f"{source}_{method}.png", captions[-1])
+    return captions

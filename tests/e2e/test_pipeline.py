@@ -17,7 +17,7 @@ from tests.e2e.repos import (all_runs, cached_outputs, children, client, pipelin
                              wait_for_queue)
 
 STAGES = ["download", "verify", "preprocess", "train@m0", "train@m1", "ensemble", "evaluate", "baselines",
-          "visualize"]
+          "visualize_data", "visualize"]
 
 
 def test_one_repro_logs_every_stage_as_a_child_of_one_pipeline_run(repo):
@@ -59,8 +59,9 @@ def test_the_outputs_are_what_the_ci_profile_makes(repo):
     assert set(report["per_class_f1"]) == set(real_params()["dataset"]["classes"])
     for name in ("confusion_matrix", "per_class", "reliability", "confident_mistakes"):
         assert (repo / "plots" / f"{name}.png").stat().st_size > 5000
-    for name in ("sprite", "pixels_pca", "pixels_tsne", "features_pca", "features_tsne"):
-        assert (repo / "plots/visualize" / f"{name}.png").stat().st_size > 5000
+    for name in ("visualize_data/sprite", "visualize_data/pixels_pca", "visualize_data/pixels_tsne",
+                 "visualize/features_pca", "visualize/features_tsne"):
+        assert (repo / "plots" / f"{name}.png").stat().st_size > 5000
     baselines = json.loads((repo / "metrics/baselines.json").read_text())
     assert len(baselines["configurations"]) == len(real_params()["baselines"]["profiles"]["quick"])
     assert 0.7 < baselines["best_accuracy"] < 1  # 2,400 images: the MLP or random forest, about 83%
@@ -96,6 +97,13 @@ def test_changing_a_preprocess_param_reruns_preprocess_and_points_at_the_runs_it
     assert second.data.tags["lineage.verify"] == f"cached {produced['verify']}"
     assert second.data.tags["lineage.preprocess"].startswith("ran ")
     assert second.data.tags["dvc_outs_digest"] != first.data.tags["dvc_outs_digest"]
+
+
+def test_a_new_validation_split_reruns_what_trains_on_it_and_not_the_baselines(repo):
+    set_param(repo, "preprocess", "val_fraction", 0.25)
+    assert ran(sh(repo, "dvc", "repro", "preprocess")) == ["preprocess"]
+    # the baselines read the training images and labels, which a split leaves as they were
+    assert sorted(json.loads(sh(repo, "dvc", "status", "--json"))) == ["ensemble", "train@m0", "train@m1"]
 
 
 @pytest.mark.fault

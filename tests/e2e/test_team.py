@@ -75,7 +75,8 @@ def test_a_forced_rerun_against_one_team_server_reproduces_every_output_and_a_te
     assert {k: v.split()[0] for k, v in pipeline_a.data.tags.items() if k.startswith("lineage.")} == {
         **{f"lineage.{stage.replace('@', '/')}": "ran" for stage in REMADE},
         # no run in this store made the outputs of the stages A did not rerun: the lineage says so
-        **{f"lineage.{stage}": "cached" for stage in (*DATA_STAGES, "evaluate", "baselines", "visualize")}}
+        **{f"lineage.{stage}": "cached" for stage in (*DATA_STAGES, "evaluate", "baselines", "visualize_data",
+                                                           "visualize")}}
     stored = dict(postgres_rows(postgres, "select r.run_uuid, r.status from runs r join experiments e on "
                                           "r.experiment_id = e.experiment_id where e.name = 'fashion-mnist'"))
     assert {r.info.run_id for r in made_by_a.values()} | {pipeline_a.info.run_id} <= set(stored)  # in PostgreSQL

@@ -1,9 +1,9 @@
-"""The visualize stage's parts: penultimate features, embeddings, pictures."""
+"""The visualize stages' parts: penultimate features, embeddings, pictures."""
 import numpy as np
 import torch
 
-from fmnist.evaluation import figures
-from fmnist.evaluation.embeddings import embed, penultimate_features
+from fmnist.evaluation.embeddings import draw_embeddings, embed
+from fmnist.evaluation.features import penultimate_features
 from fmnist.params import Visualize
 from tests.conftest import tiny_ensemble
 
@@ -33,8 +33,10 @@ def test_embeddings_are_2d_per_method_and_pictures_are_written(tmp_path):
     assert {"pca", "tsne"} <= set(embeddings)
     for method, xy in embeddings.items():
         assert xy.shape == (90, 2) and np.isfinite(xy).all(), method
-        figures.embedding(xy, labels, ["a", "b", "c"], tmp_path / f"{method}.png", method)
-        assert (tmp_path / f"{method}.png").read_bytes()[:4] == b"\x89PNG"
+    captions = draw_embeddings(points, labels, ["a", "b", "c"], "pixels", tmp_path, cfg)
+    assert captions[:2] == ["PCA of raw pixels (90 test images, 20 dims)", "t-SNE of raw pixels (90 test images, 20 dims)"]
+    for method in embeddings:
+        assert (tmp_path / f"pixels_{method}.png").read_bytes()[:4] == b"\x89PNG", method
     # well-separated classes stay separated in the PCA view
     centres = np.array([embeddings["pca"][labels == k].mean(0) for k in range(3)])
     assert np.linalg.norm(centres[0] - centres[2]) > 3 * embeddings["pca"][labels == 0].std()

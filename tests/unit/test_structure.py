@@ -48,7 +48,7 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_stages_holds_exactly_the_dvc_yaml_stages_one_module_each():
     definitions = stage_definitions()
     assert sorted(definitions) == ["baselines", "download", "ensemble", "evaluate", "preprocess", "train", "verify",
-                                   "visualize"]
+                                   "visualize", "visualize_data"]
     assert {f"stages.{name}" for name in definitions} == {d["module"] for d in definitions.values()}
     assert STAGE_MODULES == sorted(f"stages.{name}" for name in definitions)
 
