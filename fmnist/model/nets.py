@@ -2,9 +2,7 @@
 code here."""
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -34,43 +32,8 @@ class Cmasch(nn.Module):
         return self.head(self.features(x))
 
 
-class _Relayout(torch.autograd.Function):
-    """`x` in `memory_format`, and its gradient back in `x`'s own: `Tensor.contiguous` passes the gradient on in
-    the layout it arrives in, which would hand BatchNorm's backward mixed layouts, its slowest path."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
-        ctx.source = torch.contiguous_format if x.is_contiguous() else torch.channels_last
-        return x.contiguous(memory_format=memory_format)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad.contiguous(memory_format=ctx.source), None
-
-
-class ChannelsFirstBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d that trains in NCHW on a CPU whatever the layout around it. PyTorch's CPU kernels for a
-    channels-last bf16 BatchNorm with few channels are slow: for 24 channels at 28x28 (batch 256), 13.4 ms
-    forward and backward against 2.9 in NCHW on an Intel Xeon with AMX, 9.0 against 2.2 on a Zen 5
-    (docs/fast-net-search.md); the four layout copies cost less than the difference. Evaluation and the GPU use
-    the plain module's path; the state and its keys are BatchNorm2d's."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or x.device.type != "cpu" or x.is_contiguous():
-            return super().forward(x)
-        return _Relayout.apply(super().forward(_Relayout.apply(x, torch.contiguous_format)), torch.channels_last)
-
-    def plain(self) -> nn.BatchNorm2d:
-        """The same state in an nn.BatchNorm2d (torch.fx's fuse folds only that exact type into a conv)."""
-        module = nn.BatchNorm2d(self.num_features, self.eps, self.momentum, self.affine, self.track_running_stats,
-                                device=self.weight.device, dtype=self.weight.dtype)
-        module.load_state_dict(self.state_dict())
-        return module.train(self.training)
-
-
-def conv_bn(c_in: int, c_out: int, channels_first_bn: bool = False) -> nn.Sequential:
-    norm = ChannelsFirstBatchNorm2d(c_out) if channels_first_bn else nn.BatchNorm2d(c_out)
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), norm, nn.ReLU(inplace=True))
+def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
 def conv_pool_bn(c_in: int, c_out: int) -> nn.Sequential:
@@ -121,11 +84,9 @@ class FastVGG(nn.Module):
         if whiten:
             layers += [PatchWhitening(), nn.ReLU(inplace=True)]
             c_in = layers[0].conv.out_channels
-        for stage, widths in enumerate(stages):
+        for widths in stages:
             for i, width in enumerate(widths):
-                # The first stage's BatchNorm (few channels, full resolution) is the one slow in channels-last.
-                layers.append(conv_pool_bn(c_in, width) if pool_early and i == 0
-                              else conv_bn(c_in, width, channels_first_bn=stage == 0))
+                layers.append(conv_pool_bn(c_in, width) if pool_early and i == 0 else conv_bn(c_in, width))
                 c_in = width
             if not pool_early:
                 layers.append(nn.MaxPool2d(2))
@@ -214,12 +175,7 @@ def count_parameters(model: nn.Module) -> int:
 def for_inference(model: nn.Module) -> nn.Module:
     """An eval-mode copy with each BatchNorm folded into the conv before it: the same function up to float
     rounding, about 1.3x faster on a CPU (validation every epoch, ensemble and evaluate)."""
-    model = copy.deepcopy(model).eval()
-    for parent in list(model.modules()):
-        for name, child in parent.named_children():
-            if isinstance(child, ChannelsFirstBatchNorm2d):
-                setattr(parent, name, child.plain())
-    return fuse(model, inplace=True)
+    return fuse(model.eval(), inplace=False)
 
 
 @dataclass

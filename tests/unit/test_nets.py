@@ -21,32 +21,9 @@ def test_inference_copy_folds_batchnorm_without_changing_outputs(name):
     folded = nets.for_inference(model)
     x = torch.randn(8, 1, 28, 28)
     torch.testing.assert_close(folded(x), model.eval()(x), rtol=1e-4, atol=1e-5)
-    if name in ("fast", "fast_whiten"):  # conv -> BN pairs only there; the WRN's BNs precede their convs
+    if name == "fast":  # conv -> BN pairs only there; the WRN's BNs precede their convs
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) or name == "cmasch"
-
-
-def test_channels_first_batchnorm_trains_as_batchnorm_in_the_layout_around_it():
-    torch.manual_seed(0)
-    plain, ours = torch.nn.BatchNorm2d(24), nets.ChannelsFirstBatchNorm2d(24)
-    with torch.no_grad():
-        plain.weight.uniform_(0.5, 1.5), plain.bias.uniform_(-0.5, 0.5)
-    ours.load_state_dict(plain.state_dict())
-    x = torch.randn(16, 24, 8, 8).contiguous(memory_format=torch.channels_last) * 3 + 1
-    upstream = torch.randn_like(x)
-    results = []
-    for module in (plain, ours):
-        inputs = x.clone().requires_grad_(True)
-        out = module.train()(inputs)
-        (out * upstream).sum().backward()
-        assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
-        assert inputs.grad.is_contiguous(memory_format=torch.channels_last)
-        results.append((out, inputs.grad, module.weight.grad, module.bias.grad, module.running_mean,
-                        module.running_var))
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)  # the same sums, in another order
-    folded = nets.for_inference(torch.nn.Sequential(torch.nn.Conv2d(3, 24, 3), ours))
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())  # folded like the plain one
 
 
 def test_a_wide_resnet_is_named_by_depth_and_width():
