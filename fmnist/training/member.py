@@ -64,14 +64,26 @@ def prepare(data_dir: Path, member: Member, cfg: Train, n_classes: int, image_sh
 
 def fingerprint(data_dir: Path, name: str, member: Member, cfg: Train, classes: list[str],
                 image_shape: list[int], world: World) -> str:
-    """What a resume checkpoint must have been written for: the same recipe, member, classes, process count and
-    data (the bytes of preprocess's arrays)."""
+    """What a resume checkpoint must have been written for: the same recipe, member, classes, process count, data
+    (the bytes of preprocess's arrays) and code."""
     data = {}
     for array in ARRAYS:
         with open(data_dir / f"{array}.npy", "rb") as handle:
             data[array] = hashlib.file_digest(handle, "sha256").hexdigest()
     return digest({"train": cfg.model_dump(), "member": {"name": name, **member.model_dump()}, "classes": classes,
-                   "image_shape": image_shape, "world_size": world.size, "data": data})
+                   "image_shape": image_shape, "world_size": world.size, "data": data, "code": code_digest()})
+
+
+def code_digest(package: Path = Path(__file__).resolve().parents[1]) -> str:
+    """SHA-256 of the fmnist package's sources and the train stage's: a run killed before an edit of the net or
+    the loop must not resume into the run that follows it, which DVC would record as the edited code's output.
+    Any edit of the package counts (a log line too): a resume is a shortcut, and starting over is always right."""
+    sources = sorted(package.rglob("*.py")) + sorted((package.parent / "stages").glob("train.py"))
+    hasher = hashlib.sha256()
+    for source in sources:
+        hasher.update(f"{source.relative_to(package.parent).as_posix()}\0".encode())
+        hasher.update(source.read_bytes())
+    return hasher.hexdigest()
 
 
 def save_member(path: Path, model: nn.Module, norm: nets.Normalizer, cfg: Train, classes: list[str],

@@ -106,6 +106,26 @@ def test_a_checkpoint_for_other_params_is_not_resumed(tmp_path):
     assert [row["epoch"] for row in result.history] == [1]
 
 
+def test_the_resume_fingerprint_changes_with_the_code(tmp_path):
+    from fmnist.training.member import code_digest
+
+    (tmp_path / "fmnist" / "model").mkdir(parents=True)
+    (tmp_path / "stages").mkdir()
+    net, stage = tmp_path / "fmnist" / "model" / "nets.py", tmp_path / "stages" / "train.py"
+    net.write_text("WIDTH = 24\n")
+    stage.write_text("EPOCHS = 38\n")
+    (tmp_path / "stages" / "evaluate.py").write_text("")
+    before = code_digest(tmp_path / "fmnist")
+    assert code_digest(tmp_path / "fmnist") == before
+    net.write_text("WIDTH = 32\n")
+    after_net = code_digest(tmp_path / "fmnist")
+    stage.write_text("EPOCHS = 40\n")
+    after_stage = code_digest(tmp_path / "fmnist")
+    assert len({before, after_net, after_stage}) == 3
+    (tmp_path / "stages" / "evaluate.py").write_text("# not the train stage's\n")
+    assert code_digest(tmp_path / "fmnist") == after_stage
+
+
 @pytest.mark.fault
 def test_nan_loss_stops_with_a_clear_message(tmp_path):
     broken = Normalizer(torch.tensor(0.0), torch.tensor(0.0), channels_last=True)  # 0/0: NaN inputs
