@@ -3,10 +3,11 @@ Fashion-MNIST benchmark does (classifier + parameter grid), trained on the whole
 test set, compared with the benchmark's published accuracy."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,17 +95,28 @@ def run_configuration(classifier: str, params: dict[str, Any], repeats: int, see
 
 
 def _single_core(i: int, *args: Any) -> tuple[int, dict]:
-    """run_configuration on one core (one job, one BLAS/OpenMP thread): the unit run_all spreads over the cores.
-    Subnormal floats flushed to zero in this thread, where every fit of it runs: late in an MLP's training, Adam's
-    moments and thousands of weights fall below float32's smallest normal (1.2e-38), and each operation on them
-    takes a microcode assist on Intel cores, which made MLPClassifier's fit 5 times slower on an Intel Xeon
-    host than on a Zen 4 one (430 s against 86). At that magnitude nothing a prediction depends on changes."""
-    import torch  # its set_flush_denormal sets the x86 FTZ/DAZ (or AArch64 FZ) bits, which numpy cannot reach
+    """run_configuration on one core (one job, one BLAS/OpenMP thread): the unit run_all spreads over the cores."""
     from threadpoolctl import threadpool_limits
 
-    torch.set_flush_denormal(True)
-    with threadpool_limits(1):
+    with threadpool_limits(1), _subnormals_flushed():
         return i, run_configuration(*args, n_jobs=1)
+
+
+@contextlib.contextmanager
+def _subnormals_flushed() -> Iterator[None]:
+    """Subnormal floats flushed to zero in this thread, where the fits run. Late in an MLP's training, Adam's
+    moments and thousands of weights fall below float32's smallest normal (1.2e-38), and each operation on them
+    takes a microcode assist on Intel cores: MLPClassifier's fit took 430 s on an Intel Xeon host against 86 on a
+    Zen 4, and 96 s with them flushed, every accuracy of the quick profile unchanged (docs/results.md). The
+    thread's own mode comes back afterwards: joblib may run a task in its caller's thread."""
+    import torch  # its set_flush_denormal sets the x86 FTZ/DAZ (or AArch64 FZ) bits, which numpy cannot reach
+
+    was_flushing = float(np.float32(1e-20) * np.float32(1e-20)) == 0.0  # 1e-40, subnormal unless flushed
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(was_flushing)
 
 
 def run_all(configurations: list[tuple[str, dict[str, Any]]], repeats: int, seed: int, reference: list[dict],

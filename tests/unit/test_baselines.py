@@ -102,27 +102,23 @@ def test_configurations_on_one_core_each_give_what_they_give_on_all_cores():
         assert result["accuracy"] == alone["accuracy"] > 0.5, classifier  # chance is 1/3
 
 
-def test_fits_run_with_subnormal_floats_flushed_to_zero(monkeypatch):
+def test_fits_run_with_subnormal_floats_flushed_to_zero_and_the_thread_gets_its_mode_back(monkeypatch):
     """A subnormal float32 (below 1.2e-38) costs a microcode assist per operation on Intel cores (a 5 times slower
-    MLP fit): the worker's fits see such values as zero."""
-    import threading
-
+    MLP fit): the fits see such values as zero. joblib may run a fit in its caller's thread, which then keeps the
+    mode it had."""
     import numpy as np
     import torch
 
-    def product_of_tiny_numbers(*args, n_jobs):
+    def product_of_tiny_numbers(*args, n_jobs=1):
         return float(np.float32(1e-20) * np.float32(1e-20))  # 1e-40: subnormal, unless flushed
 
     monkeypatch.setattr(baselines, "run_configuration", product_of_tiny_numbers)
-    assert product_of_tiny_numbers(n_jobs=1) > 0  # this thread keeps IEEE subnormals
-    seen = []
-
-    def worker():  # FTZ/DAZ are a thread's own bits: a thread of its own leaves pytest's untouched
-        seen.append(baselines._single_core(0)[1])
+    assert product_of_tiny_numbers() > 0  # IEEE subnormals, as every thread starts
+    assert baselines._single_core(0) == (0, 0.0)
+    assert product_of_tiny_numbers() > 0
+    torch.set_flush_denormal(True)  # a caller that flushes on its own keeps doing so
+    try:
+        assert baselines._single_core(0) == (0, 0.0)
+        assert product_of_tiny_numbers() == 0.0
+    finally:
         torch.set_flush_denormal(False)
-
-    thread = threading.Thread(target=worker)
-    thread.start()
-    thread.join()
-    assert seen == [0.0]
-    assert product_of_tiny_numbers(n_jobs=1) > 0
