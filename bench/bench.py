@@ -250,13 +250,21 @@ def bench_params(profiles: list[Path], settings: list[dict]) -> Params:
     return parse_params(raw, PARAMS_FILE)
 
 
+def flag_settings(precision: str | None, batch_size: int | None) -> list[dict]:
+    """--precision and --batch-size as params settings, so the time-to-accuracy members train with what the
+    throughput rows measured (they once trained in train.precision whatever --precision said)."""
+    train = {key: value for key, value in (("precision", precision), ("batch_size", batch_size)) if value is not None}
+    return [{"train": train}] if train else []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nets", nargs="+", default=list(NETS), type=net_name,
                         help=f"any of {', '.join(NETS)} (the default: all of them) or wrn-<depth>-<width>")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--precision", choices=["bf16", "fp32"],
+                        help="default: train.precision; --accuracy trains with it too")
+    parser.add_argument("--batch-size", type=int, help="default: train.batch_size; --accuracy trains with it too")
     parser.add_argument("--compile", action="store_true", help="torch.compile the net first")
     parser.add_argument("--accuracy", action="store_true", help="also train each net and time 92/93/94%%")
     parser.add_argument("--epochs", type=int, default=None, help="for --accuracy; default train.epochs")
@@ -272,7 +280,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60, help="for --layouts: timed training steps per layout")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    params = bench_params(args.profile, args.settings)
+    params = bench_params(args.profile, args.settings + flag_settings(args.precision, args.batch_size))
+    args.precision, args.batch_size = params.train.precision, params.train.batch_size
     if args.layouts:
         compare_layouts(args)
         return

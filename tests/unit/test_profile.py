@@ -64,6 +64,16 @@ def test_the_bench_lays_profiles_then_settings_over_params_in_memory_only(monkey
 
 
 @pytest.mark.fault
+def test_the_bench_precision_and_batch_flags_reach_the_members_it_trains(monkeypatch):
+    bench = _bench_module()
+    monkeypatch.chdir(ROOT)
+    params = bench.bench_params([], [bench.setting("train.lr=0.3"), *bench.flag_settings("fp32", 128)])
+    assert (params.train.precision, params.train.batch_size, params.train.lr) == ("fp32", 128, 0.3)
+    default = bench.bench_params([], bench.flag_settings(None, None))
+    assert (default.train.precision, default.train.batch_size) == (real_params()["train"]["precision"],
+                                                                   real_params()["train"]["batch_size"])
+
+
 def test_a_bench_setting_with_a_typo_or_no_value_fails_naming_it(monkeypatch):
     bench = _bench_module()
     monkeypatch.chdir(ROOT)
