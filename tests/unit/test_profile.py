@@ -63,7 +63,6 @@ def test_the_bench_lays_profiles_then_settings_over_params_in_memory_only(monkey
     assert (ROOT / "params.yaml").read_bytes() == before
 
 
-@pytest.mark.fault
 def test_the_bench_precision_and_batch_flags_reach_the_members_it_trains(monkeypatch):
     bench = _bench_module()
     monkeypatch.chdir(ROOT)
@@ -74,6 +73,7 @@ def test_the_bench_precision_and_batch_flags_reach_the_members_it_trains(monkeyp
                                                                    real_params()["train"]["batch_size"])
 
 
+@pytest.mark.fault
 def test_a_bench_setting_with_a_typo_or_no_value_fails_naming_it(monkeypatch):
     bench = _bench_module()
     monkeypatch.chdir(ROOT)
