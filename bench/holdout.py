@@ -17,14 +17,13 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy.stats import binomtest
 from sklearn.model_selection import train_test_split
 
-from fmnist.data.splits import make_splits
 from fmnist.data.arrays import save_arrays
-from fmnist.model.ensemble import combine, member_logits, tempered_probabilities
-from fmnist.model.members import load_member
-from fmnist.model.nets import for_inference
+from fmnist.data.splits import make_splits
+from fmnist.model.ensemble import Ensemble, combine
 from fmnist.params import load_params
 
 HOLDOUT = ("holdout_images.npy", "holdout_labels.npy")
@@ -44,12 +43,13 @@ def prepare(source: Path, out: Path, holdout: int, seed: int) -> None:
           f"{len(held):,} held out (seed {seed})")
 
 
-def member_probabilities(path: Path, images: np.ndarray) -> np.ndarray:
-    """(N, C) probabilities of one member file with flip TTA, untempered."""
-    model, state = load_member(path)
-    model = for_inference(model)
-    views = [member_logits(model, images, state["mean"], state["std"], "cpu", mirrored) for mirrored in (False, True)]
-    return tempered_probabilities(views, 1.0)
+def member_probabilities(paths: list[Path], images: np.ndarray) -> dict[Path, np.ndarray]:
+    """Each member file's (N, C) probabilities with flip TTA, untempered, the way the ensemble stage predicts."""
+    states = [torch.load(path, map_location="cpu", weights_only=True) for path in paths]
+    ensemble = Ensemble.from_members(states, "soft", tta_flip=True)
+    probs = ensemble.member_probabilities(ensemble.member_logits(images),
+                                          ensemble.member_logits(images, mirrored=True), calibrated=False)
+    return dict(zip(paths, probs))
 
 
 def ensemble_spec(text: str) -> tuple[str, list[Path]]:
@@ -61,18 +61,15 @@ def ensemble_spec(text: str) -> tuple[str, list[Path]]:
 
 def score(data: Path, ensembles: list[tuple[str, list[Path]]]) -> None:
     images, labels = np.load(data / HOLDOUT[0]), np.load(data / HOLDOUT[1])
-    probabilities: dict[Path, np.ndarray] = {}
+    probabilities = member_probabilities(list(dict.fromkeys(p for _, paths in ensembles for p in paths)), images)
     right: dict[str, np.ndarray] = {}
     print(f"holdout: {len(labels):,} images ({data})")
     for name, paths in ensembles:
-        for path in paths:
-            if path not in probabilities:
-                probabilities[path] = member_probabilities(path, images)
         members = np.stack([probabilities[p] for p in paths])
         right[name] = combine(members, "soft").argmax(axis=1) == labels
-        each = " / ".join(f"{np.mean(m.argmax(axis=1) == labels):.2%}" for m in members)
-        print(f"{name:20} ensemble {right[name].mean():.2%} of {len(paths)} members ({each}; "
-              f"mean {np.mean([np.mean(m.argmax(axis=1) == labels) for m in members]):.2%})")
+        accuracies = (members.argmax(axis=2) == labels).mean(axis=1)
+        print(f"{name:20} ensemble {right[name].mean():.2%} of {len(paths)} members "
+              f"({' / '.join(f'{a:.2%}' for a in accuracies)}; mean {accuracies.mean():.2%})")
     names = list(right)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
