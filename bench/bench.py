@@ -29,7 +29,8 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from fmnist.cli.profile import apply_profile, read_yaml
-from fmnist.device import autocast, pick_device, set_threads
+from fmnist.device import pick_device, set_threads
+from fmnist.model.precision import autocast
 from fmnist.model import nets
 from fmnist.model.names import NETS, check_net
 from fmnist.model.nets import Normalizer, for_inference

@@ -1,7 +1,6 @@
-"""Where and how tensors compute: device choice, CPU threads, autocast."""
+"""Where tensors compute: device choice and CPU threads."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 
@@ -33,7 +32,3 @@ def set_threads(threads: int) -> int:
     torch.set_num_threads(count)
     return count
 
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast where asked: on CPUs with AVX-512 BF16/AMX and on GPUs it is the fast path."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

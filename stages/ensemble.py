@@ -39,7 +39,9 @@ def main() -> None:
         paths = [args.models_dir / f"{name}.pt" for name in params.members]
         states = [torch.load(path, map_location="cpu", weights_only=True) for path in paths]
         check_members_agree(paths, states)
-        ensemble = Ensemble.from_members(states, cfg.method, cfg.tta_flip)
+        # The members compute in the precision they were trained in: their best checkpoints were chosen by
+        # validation in it, and bf16 is the fast path where training chose it.
+        ensemble = Ensemble.from_members(states, cfg.method, cfg.tta_flip, precision=params.train.precision)
         images, labels = load_images(args.data)
         measured = calibrate_on_validation(ensemble, images, labels, np.load(args.data / "is_val.npy"), device,
                                            cfg.calibrate, params.evaluate.ece_bins)

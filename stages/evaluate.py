@@ -74,7 +74,7 @@ def main() -> None:
         for path in [*pictures, args.tables / "per_class.csv", args.metrics]:
             run.log_artifact(path, folder="evaluation")
         run.log_ensemble_model(args.model, images[:2], metrics=report, metadata={
-            "method": ensemble.method, "tta_flip": ensemble.tta_flip,
+            "method": ensemble.method, "tta_flip": ensemble.tta_flip, "precision": ensemble.precision,
             "temperatures": {n: round(float(t), 6) for n, t in zip(names, ensemble.temperatures)}})
 
 

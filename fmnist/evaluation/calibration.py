@@ -54,8 +54,10 @@ def calibrate_on_validation(ensemble: Ensemble, images: np.ndarray, labels: np.n
     rows = []
     for model, state in zip(ensemble.inference_members, ensemble.states):
         val = is_val[state["split"]]
-        plain = member_logits(model, images[val], state["mean"], state["std"], device)
-        mirrored = member_logits(model, images[val], state["mean"], state["std"], device, mirrored=True)
+        plain = member_logits(model, images[val], state["mean"], state["std"], device,
+                              precision=ensemble.precision)
+        mirrored = member_logits(model, images[val], state["mean"], state["std"], device, mirrored=True,
+                                 precision=ensemble.precision)
         views = [plain, mirrored] if ensemble.tta_flip else [plain]
         temperature = fit_temperature(views, labels[val]) if calibrate else 1.0
         flip_tta = tempered_probabilities([plain, mirrored], 1.0)

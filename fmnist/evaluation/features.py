@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from fmnist.model.ensemble import INFERENCE_BATCH, Ensemble, input_batches
+from fmnist.model.precision import autocast
 
 
 def _classifier_head(model: nn.Module) -> nn.Linear:
@@ -25,8 +26,10 @@ def penultimate_features(ensemble: Ensemble, images: np.ndarray, batch_size: int
         hook = _classifier_head(model).register_forward_pre_hook(
             lambda _, inputs, into=captured: into.append(inputs[0].flatten(1).float()))
         try:
-            for x in input_batches(images, state["mean"], state["std"], torch.device("cpu"), batch_size):
-                model(x)
+            cpu = torch.device("cpu")
+            for x in input_batches(images, state["mean"], state["std"], cpu, batch_size):
+                with autocast(cpu, ensemble.precision):
+                    model(x)
         finally:
             hook.remove()
         per_member.append(torch.cat(captured).numpy())

@@ -1,5 +1,6 @@
 """The ensemble: members plus how to combine them, from uint8 images to class probabilities. Soft, weighted-soft or
-hard voting, optional flip test-time augmentation, and a temperature per member dividing its logits."""
+hard voting, optional flip test-time augmentation, a temperature per member dividing its logits, and the precision
+the members compute in."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -14,8 +15,9 @@ from torch import nn
 
 from fmnist.model import nets
 from fmnist.model.members import build_member
+from fmnist.model.precision import autocast
 
-# Batches that stay in the CPU's cache (docs/performance.md: 512 beats 2,048 by 2.5x with channels-last weights).
+# Batches that stay in the CPU's cache (docs/results.md: 512 beats 2,048 by 2.5x with channels-last weights).
 INFERENCE_BATCH = 512
 
 
@@ -55,11 +57,14 @@ def input_batches(images: np.ndarray, mean: torch.Tensor, std: torch.Tensor, dev
 
 @torch.no_grad()
 def member_logits(model: nn.Module, images: np.ndarray, mean: torch.Tensor, std: torch.Tensor,
-                  device: torch.device, mirrored: bool = False) -> np.ndarray:
+                  device: torch.device, mirrored: bool = False, precision: str = "fp32") -> np.ndarray:
     """Logits of one member, as nets.for_inference returns it, for uint8 images (N, H, W), or for their mirror
-    images."""
+    images, computed in `precision` (bf16: under autocast, as the member was validated when trained in bf16)."""
     model = model.to(device)
-    out = [model(x.flip(-1) if mirrored else x).float().cpu().numpy() for x in input_batches(images, mean, std, device)]
+    out = []
+    for x in input_batches(images, mean, std, device):
+        with autocast(device, precision):
+            out.append(model(x.flip(-1) if mirrored else x).float().cpu().numpy())
     return np.concatenate(out).astype(np.float64)
 
 
@@ -75,6 +80,9 @@ class Ensemble:
     image_shape: tuple[int, int]
     # one per member, dividing its logits; 1 leaves a member as trained
     temperatures: np.ndarray | None = None
+    # what the members compute in: the precision they were trained and their checkpoints chosen in (bf16 runs
+    # 2-3 times faster than fp32 on CPUs with AVX-512 BF16 or AMX, docs/results.md)
+    precision: str = "fp32"
     # the members with BatchNorm folded: built once, not on every call (a served model answers many small ones)
     inference_members: list[nn.Module] = field(init=False, repr=False)
 
@@ -89,7 +97,7 @@ class Ensemble:
     def member_logits(self, images: np.ndarray, device: torch.device | str = "cpu",
                       mirrored: bool = False) -> np.ndarray:
         """(M, N, C) logits of every member for the images, or for their mirror images."""
-        return np.stack([member_logits(m, images, s["mean"], s["std"], torch.device(device), mirrored)
+        return np.stack([member_logits(m, images, s["mean"], s["std"], torch.device(device), mirrored, self.precision)
                          for m, s in zip(self.inference_members, self.states)])
 
     def member_probabilities(self, plain: np.ndarray, mirrored: np.ndarray | None = None,
@@ -111,23 +119,25 @@ class Ensemble:
         """The ensemble file's content: tensors and plain values only, so it loads with weights_only=True."""
         return {"members": self.states, "method": self.method, "weights": torch.from_numpy(self.weights),
                 "tta_flip": self.tta_flip, "classes": self.classes, "image_shape": list(self.image_shape),
-                "temperatures": torch.from_numpy(np.asarray(self.temperatures, dtype=np.float64))}
+                "temperatures": torch.from_numpy(np.asarray(self.temperatures, dtype=np.float64)),
+                "precision": self.precision}
 
     @classmethod
     def from_members(cls, states: list[dict], method: str, tta_flip: bool,
-                     temperatures: np.ndarray | None = None) -> Ensemble:
+                     temperatures: np.ndarray | None = None, precision: str = "fp32") -> Ensemble:
         """An ensemble of member states (fmnist.model.members), weighted by their validation accuracy when
         `method` is weighted."""
         weights = member_weights([state["val_accuracy"] for state in states], method)
         first = states[0]
         return cls([build_member(state) for state in states], states, method, weights, tta_flip,
-                   first["classes"], tuple(first["image_shape"]), temperatures)
+                   first["classes"], tuple(first["image_shape"]), temperatures, precision)
 
     @classmethod
     def load(cls, path: str | Path) -> Ensemble:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        # Files from before temperature scaling (registered versions in a team's store) have no temperatures.
+        # Files from before temperature scaling or bf16 inference (registered versions in a team's store) have
+        # neither: they computed in fp32 with temperature 1.
         temperatures = state["temperatures"].numpy() if "temperatures" in state else None
         return cls([build_member(member) for member in state["members"]], state["members"], state["method"],
                    state["weights"].numpy(), state["tta_flip"], state["classes"], tuple(state["image_shape"]),
-                   temperatures)
+                   temperatures, state.get("precision", "fp32"))

@@ -18,10 +18,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from fmnist.data.arrays import load_images
-from fmnist.device import autocast
 from fmnist.errors import StageError
 from fmnist.files import save_torch, write_csv
 from fmnist.model.nets import Normalizer, for_inference
+from fmnist.model.precision import autocast
 from fmnist.params import Train
 from fmnist.training.augment import augment
 from fmnist.training.distributed import World, share_buffers, sum_across

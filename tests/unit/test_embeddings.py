@@ -25,6 +25,15 @@ def test_penultimate_features_are_the_last_linear_layer_inputs_of_every_member()
     np.testing.assert_allclose(logits.numpy(), ensemble.member_logits(images)[0], atol=1e-4)
 
 
+def test_penultimate_features_are_computed_in_the_ensembles_precision():
+    ensemble = tiny_ensemble()
+    images = RNG.integers(0, 256, (16, 28, 28), dtype=np.uint8)
+    fp32 = penultimate_features(ensemble, images)
+    ensemble.precision = "bf16"
+    bf16 = penultimate_features(ensemble, images)
+    assert bf16.dtype == np.float32 and 0 < np.abs(bf16 - fp32).max() < 0.05 * fp32.std()
+
+
 def test_embeddings_are_2d_per_method_and_pictures_are_written(tmp_path):
     labels = np.arange(90) % 3
     points = RNG.normal(size=(90, 20)) + labels[:, None] * 5

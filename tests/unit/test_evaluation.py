@@ -128,6 +128,27 @@ def test_ensemble_file_round_trips_with_weights_only(tmp_path):
     assert loaded.classes == ["a", "b", "c"]
 
 
+def test_ensemble_computes_in_its_precision_and_keeps_it_in_the_file(tmp_path):
+    ensemble = tiny_ensemble()
+    images = RNG.integers(0, 256, (64, 28, 28), dtype=np.uint8)
+    fp32 = ensemble.member_logits(images)
+    ensemble.precision = "bf16"
+    save_torch(tmp_path / "e.pt", ensemble.to_state())
+    loaded = Ensemble.load(tmp_path / "e.pt")
+    assert loaded.precision == "bf16"
+    bf16 = loaded.member_logits(images)
+    # bf16 keeps 8 bits of mantissa: the logits move, by far less than their spread
+    assert 0 < np.abs(bf16 - fp32).max() < 0.05 * fp32.std()
+    np.testing.assert_array_equal(loaded.member_logits(images), bf16)
+
+
+def test_an_ensemble_file_without_a_precision_computes_in_fp32(tmp_path):
+    state = tiny_ensemble().to_state()
+    del state["precision"]  # files written before the ensemble recorded it
+    save_torch(tmp_path / "e.pt", state)
+    assert Ensemble.load(tmp_path / "e.pt").precision == "fp32"
+
+
 def test_ensemble_folds_batchnorm_once_not_per_prediction(monkeypatch):
     ensemble = tiny_ensemble()
     images = RNG.integers(0, 256, (4, 28, 28), dtype=np.uint8)
