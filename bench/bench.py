@@ -30,10 +30,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fmnist.cli.profile import apply_profile, read_yaml
 from fmnist.device import pick_device, set_threads
-from fmnist.model.precision import autocast
 from fmnist.model import nets
 from fmnist.model.names import NETS, check_net
 from fmnist.model.nets import Normalizer, for_inference
+from fmnist.model.precision import autocast
 from fmnist.params import PARAMS_FILE, Params, parse_params
 from fmnist.training.loop import Images, fit, load_member_data
 from fmnist.training.member import build_net

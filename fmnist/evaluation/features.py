@@ -20,13 +20,13 @@ def _classifier_head(model: nn.Module) -> nn.Linear:
 def penultimate_features(ensemble: Ensemble, images: np.ndarray, batch_size: int = INFERENCE_BATCH) -> np.ndarray:
     """(N, sum of members' feature sizes): each member's input to its last linear layer, concatenated, because
     the members' feature spaces are unrelated and averaging them would mix unrelated axes."""
+    cpu = torch.device("cpu")
     per_member = []
     for model, state in zip(ensemble.members, ensemble.states):
         captured: list[torch.Tensor] = []
         hook = _classifier_head(model).register_forward_pre_hook(
             lambda _, inputs, into=captured: into.append(inputs[0].flatten(1).float()))
         try:
-            cpu = torch.device("cpu")
             for x in input_batches(images, state["mean"], state["std"], cpu, batch_size):
                 with autocast(cpu, ensemble.precision):
                     model(x)
