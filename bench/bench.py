@@ -153,12 +153,17 @@ def test_accuracy(model, test: Images, norm: Normalizer, cfg) -> tuple[float, fl
 VIEWS = ("plain", "flip TTA")
 
 
-def time_to_accuracy(name, params, device, data_dir: Path, epochs: int, seed: int) -> dict[str, dict]:
+def time_to_accuracy(name, params, device, data_dir: Path, epochs: int, seed: int,
+                     fit_on: str = "split") -> dict[str, dict]:
     """Train `name` with the pipeline's recipe as a member of seed `seed` on split `seed` (mod the splits); per
-    view (plain, flip TTA), seconds of training until test accuracy first reaches each target (None if never)."""
+    view (plain, flip TTA), seconds of training until test accuracy first reaches each target (None if never).
+    `fit_on` "all": on every training image instead, as speed runs train (airbench on CIFAR-10's 50,000); the
+    split's validation images are then among them, and the checkpoint fit keeps by them is not used here."""
     cfg = params.train.model_copy(update={"net": name, "epochs": epochs})
     split = seed % params.preprocess.n_splits
     fit_data, val_data, mean, std = load_member_data(data_dir / "train", split, device)
+    if fit_on == "all":
+        fit_data = Images(torch.cat([fit_data.x, val_data.x]), torch.cat([fit_data.y, val_data.y]))
     test = Images(torch.from_numpy(np.load(data_dir / "test/images.npy")).unsqueeze(1).to(device),
                   torch.from_numpy(np.load(data_dir / "test/labels.npy").astype(np.int64)).to(device))
     norm = Normalizer(torch.from_numpy(mean).to(device), torch.from_numpy(std).to(device), cfg.channels_last)
@@ -223,10 +228,13 @@ def setting(text: str) -> dict:
     return override
 
 
-def epoch_images(data_dir: Path, params: Params) -> int:
+def epoch_images(data_dir: Path, params: Params, fit_on: str = "split") -> int:
     """Training images an epoch: split 0's of the data when it is there (the data, not params, decides what
-    --accuracy trains on), else what params.yaml's split would leave."""
+    --accuracy trains on), else what params.yaml's split would leave; with `fit_on` "all", every one."""
     masks = data_dir / "train/is_val.npy"
+    if fit_on == "all":
+        return int(np.load(data_dir / "train/labels.npy", mmap_mode="r").shape[0]) if masks.exists() \
+            else params.dataset.train_count
     if masks.exists():
         return int((~np.load(masks)[0]).sum())
     return round(params.dataset.train_count * (1 - params.preprocess.val_fraction))
@@ -270,6 +278,9 @@ def main() -> None:
     parser.add_argument("--accuracy", action="store_true", help="also train each net and time 92/93/94%%")
     parser.add_argument("--epochs", type=int, default=None, help="for --accuracy; default train.epochs")
     parser.add_argument("--seeds", type=int, default=1, help="for --accuracy: members trained (seed and split i)")
+    parser.add_argument("--fit-on", choices=("split", "all"), default="split",
+                        help="for --accuracy: a member's split (the pipeline's 80%%) or all training images (the "
+                             "speed-run protocol); also what an epoch counts")
     parser.add_argument("--data", type=Path, default=Path("data/processed"))
     parser.add_argument("--profile", type=Path, action="append", default=[],
                         help="a params override laid over params.yaml for this run only, e.g. profiles/gpu.yaml "
@@ -288,7 +299,7 @@ def main() -> None:
         return
     threads = set_threads(params.train.threads)
     device = pick_device(args.device)
-    fit_images = epoch_images(args.data, params)
+    fit_images = epoch_images(args.data, params, args.fit_on)
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or 'CPU'}, {threads} threads"
     print(f"# {where}; torch {torch.__version__}; {args.precision}, channels_last, batch {args.batch_size}"
           f"{', compiled' if args.compile else ''}; epoch = {fit_images} images")
@@ -312,7 +323,8 @@ def main() -> None:
               flush=True)
     if args.accuracy:
         for name in args.nets:
-            runs = [time_to_accuracy(name, params, device, args.data, args.epochs or params.train.epochs, seed)
+            runs = [time_to_accuracy(name, params, device, args.data, args.epochs or params.train.epochs, seed,
+                                     args.fit_on)
                     for seed in range(args.seeds)]
             report_time_to_accuracy(name, runs)
 
