@@ -4,6 +4,7 @@ training time to reach 92/93/94% test accuracy, over --seeds members (mean and s
 
     python bench/bench.py                        # roofline + throughput of every net on the default device
     python bench/bench.py --nets fast --accuracy --seeds 5  # + time to 94%: 5 members (minutes each on a CPU)
+    python bench/bench.py --nets fast_pool --accuracy --seeds 5 --epochs 18 --fit-on all  # the speed-run protocol
     python bench/bench.py --nets fast --layouts 1x2 2x1  # DDP training steps: processes x threads each
     python bench/bench.py --device cuda --profile profiles/gpu-fast.yaml --nets fast_whiten --accuracy --seeds 3
     bench/gpu_check.sh                           # what the GPU figures of docs/training.md came from
