@@ -3,6 +3,7 @@ import argparse
 import difflib
 import importlib.util
 
+import numpy as np
 import pytest
 
 from fmnist.cli import profile
@@ -123,3 +124,16 @@ def test_applying_a_profile_changes_its_values_and_keeps_every_comment_of_params
     changed = [line[2:] for line in difflib.ndiff(before, after) if line[:2] in ("- ", "+ ")]
     assert changed and all(line.lstrip().split(":")[0] in CI_PROFILE_KEYS for line in changed), changed
     assert f"{params_file}: applied" in capsys.readouterr().out
+
+
+def test_the_bench_epoch_is_a_splits_fit_images_or_with_fit_on_all_every_training_image(tmp_path):
+    bench = _bench_module()
+    params = parse_params(real_params())
+    (tmp_path / "train").mkdir()
+    is_val = np.zeros((5, 50), dtype=bool)
+    is_val[0, :10] = True
+    np.save(tmp_path / "train/is_val.npy", is_val)
+    np.save(tmp_path / "train/labels.npy", np.zeros(50, dtype=np.uint8))
+    assert bench.epoch_images(tmp_path, params) == 40
+    assert bench.epoch_images(tmp_path, params, "all") == 50
+    assert bench.epoch_images(tmp_path / "absent", params, "all") == params.dataset.train_count
