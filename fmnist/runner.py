@@ -1,6 +1,8 @@
 """How a stage or a command runs: concise logging, and a known failure ends with its message, not a traceback."""
 from __future__ import annotations
 
+import atexit
+import gc
 import logging
 import os
 import re
@@ -20,6 +22,7 @@ def setup_logging() -> None:
 def run_main(main: Callable[[], None]) -> None:
     """Run a stage's main(); a known failure ends with its message and exit code 1, not a traceback."""
     setup_logging()
+    exit_without_collecting()
     try:
         main()
     except (StageError, ParamsError) as exc:
@@ -36,6 +39,16 @@ def run_main(main: Callable[[], None]) -> None:
             raise
         log.error("%s", line)
         sys.exit(1)
+
+
+def exit_without_collecting() -> None:
+    """At exit, freeze the garbage collector: the interpreter's final collections
+    over the objects of ~2,400 imported modules (torch, MLflow, scikit-learn) took 1.0-1.3 s of every stage's
+    process after its work was done, 1.8 s of each training process, against 0.15 s frozen (docs/results.md).
+    Nothing is lost: objects are still released as the modules are torn down, and the operating system takes back
+    the rest. Registered at most once, so in-process callers (tests) are left as they are until their own exit."""
+    atexit.unregister(gc.freeze)
+    atexit.register(gc.freeze)
 
 
 # What gloo and the c10d store say when the other end of a connection is gone (torch raises them as
