@@ -233,11 +233,11 @@ def epoch_images(data_dir: Path, params: Params, fit_on: str = "split") -> int:
     """Training images an epoch: split 0's of the data when it is there (the data, not params, decides what
     --accuracy trains on), else what params.yaml's split would leave; with `fit_on` "all", every one."""
     masks = data_dir / "train/is_val.npy"
-    if fit_on == "all":
-        return int(np.load(data_dir / "train/labels.npy", mmap_mode="r").shape[0]) if masks.exists() \
-            else params.dataset.train_count
     if masks.exists():
-        return int((~np.load(masks)[0]).sum())
+        is_val = np.load(masks)  # (splits, training images)
+        return is_val.shape[1] if fit_on == "all" else int((~is_val[0]).sum())
+    if fit_on == "all":
+        return params.dataset.train_count
     return round(params.dataset.train_count * (1 - params.preprocess.val_fraction))
 
 

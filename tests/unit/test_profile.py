@@ -133,7 +133,6 @@ def test_the_bench_epoch_is_a_splits_fit_images_or_with_fit_on_all_every_trainin
     is_val = np.zeros((5, 50), dtype=bool)
     is_val[0, :10] = True
     np.save(tmp_path / "train/is_val.npy", is_val)
-    np.save(tmp_path / "train/labels.npy", np.zeros(50, dtype=np.uint8))
     assert bench.epoch_images(tmp_path, params) == 40
     assert bench.epoch_images(tmp_path, params, "all") == 50
     assert bench.epoch_images(tmp_path / "absent", params, "all") == params.dataset.train_count
