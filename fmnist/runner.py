@@ -42,11 +42,11 @@ def run_main(main: Callable[[], None]) -> None:
 
 
 def exit_without_collecting() -> None:
-    """At exit, freeze the garbage collector: the interpreter's final collections
-    over the objects of ~2,400 imported modules (torch, MLflow, scikit-learn) took 1.0-1.3 s of every stage's
-    process after its work was done, 1.8 s of each training process, against 0.15 s frozen (docs/results.md).
-    Nothing is lost: objects are still released as the modules are torn down, and the operating system takes back
-    the rest. Registered at most once, so in-process callers (tests) are left as they are until their own exit."""
+    """At exit, freeze the garbage collector: the interpreter's final collections over the objects of ~2,400
+    imported modules (torch, MLflow, scikit-learn) took 1.0-1.3 s of every stage's process after its work was done,
+    1.8 s of each training process, against 0.15 s frozen (docs/results.md). Nothing is lost: objects are still
+    released as the modules are torn down, and the operating system takes back the rest. Registered at most once,
+    and only for exit, so in-process callers (tests) keep a running collector until their own exit."""
     atexit.unregister(gc.freeze)
     atexit.register(gc.freeze)
 
