@@ -179,6 +179,8 @@ class Visualize(Section):
     samples: int = Field(ge=20, le=100000, description="test images embedded (stratified)")
     sprite_per_class: int = Field(ge=1, le=50, description="sample images per class in the sprite")
     perplexity: float = Field(gt=1, le=100, description="t-SNE neighbourhood size")
+    tsne_iterations: int = Field(ge=250, le=10000, description="t-SNE optimization steps (scikit-learn's max_iter; "
+                                 "its first 250 are the early exaggeration)")
     seed: int = Field(ge=0)
 
 

@@ -20,7 +20,7 @@ def embed(points: np.ndarray, cfg: Visualize) -> dict[str, np.ndarray]:
     reduced = PCA(n_components=min(50, *points.shape), random_state=cfg.seed).fit_transform(points)
     embeddings = {"pca": reduced[:, :2],
                   "tsne": TSNE(perplexity=min(cfg.perplexity, (len(points) - 1) / 3), init="pca",
-                               random_state=cfg.seed).fit_transform(reduced)}
+                               max_iter=cfg.tsne_iterations, random_state=cfg.seed).fit_transform(reduced)}
     if importlib.util.find_spec("umap") is not None:
         import umap
 

@@ -37,7 +37,7 @@ def test_penultimate_features_are_computed_in_the_ensembles_precision():
 def test_embeddings_are_2d_per_method_and_pictures_are_written(tmp_path):
     labels = np.arange(90) % 3
     points = RNG.normal(size=(90, 20)) + labels[:, None] * 5
-    cfg = Visualize(samples=90, sprite_per_class=2, perplexity=30, seed=0)
+    cfg = Visualize(samples=90, sprite_per_class=2, perplexity=30, tsne_iterations=250, seed=0)
     embeddings = embed(points, cfg)
     assert {"pca", "tsne"} <= set(embeddings)
     for method, xy in embeddings.items():
