@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-NETS = ("cmasch", "fast", "fast_whiten", "fast_pool", "wrn")
+NETS = ("cmasch", "fast", "fast_whiten", "fast_whiten2", "fast_pool", "wrn")
 # Any Wide ResNet by its paper's name: wrn-<depth>-<width>, depth 6n+4 (wrn-28-10 is Zagoruyko & Komodakis's
 # CIFAR model); plain "wrn" is WRN-16-4.
 WRN_NAME = re.compile(r"wrn-(\d+)-(\d+)")

@@ -46,11 +46,15 @@ def conv_pool_bn(c_in: int, c_out: int) -> nn.Sequential:
 class PatchWhitening(nn.Module):
     """A frozen first layer (airbench's): the eigenvectors of the training images' k x k patch covariance, each
     scaled to unit variance, and their negatives, so that the ReLU after it keeps both signs. Only its bias
-    learns; `fit` sets the filters from training images before training, and they are saved with the weights."""
+    learns; `fit` sets the filters from training images before training, and they are saved with the weights.
+    `padded` keeps the image size (odd sizes only); unpadded, a k x k layer trims k - 1 pixels off each side's
+    length, as airbench's 2 x 2 layer does."""
 
-    def __init__(self, size: int = 3, eps: float = 5e-4):
+    def __init__(self, size: int = 3, eps: float = 5e-4, padded: bool = True):
         super().__init__()
-        self.conv = nn.Conv2d(1, 2 * size * size, size, padding=size // 2)
+        if padded and size % 2 == 0:
+            raise ValueError(f"PatchWhitening: a padded layer needs an odd patch size, got {size}")
+        self.conv = nn.Conv2d(1, 2 * size * size, size, padding=size // 2 if padded else 0)
         self.conv.weight.requires_grad_(False)
         self.eps = eps
 
@@ -74,15 +78,17 @@ class FastVGG(nn.Module):
     won against wider and narrower ones on a 2-core CPU (docs/fast-net-search.md). `whiten` puts a frozen
     PatchWhitening layer and a ReLU first. `pool_early` pools each stage right after its first conv
     (conv_pool_bn), so the stage's other convs run at the pooled resolution: 28x28 / 14, 7 / 7, 3 for the default
-    widths: 18 MFLOP per image against 31 with whitening, and less memory-bound work at 28x28."""
+    widths: 18 MFLOP per image against 31 with whitening, and less memory-bound work at 28x28. `whiten_size` 2
+    is airbench's unpadded 2 x 2 layer (8 channels): the stages then run at 27, 13 and 6 pixels a side, 22 MFLOP
+    per image."""
 
     def __init__(self, n_classes: int, stages: tuple[tuple[int, ...], ...] = ((24,), (48, 48), (96, 96)),
-                 whiten: bool = False, pool_early: bool = False):
+                 whiten: bool = False, pool_early: bool = False, whiten_size: int = 3):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 1
         if whiten:
-            layers += [PatchWhitening(), nn.ReLU(inplace=True)]
+            layers += [PatchWhitening(whiten_size, padded=whiten_size % 2 == 1), nn.ReLU(inplace=True)]
             c_in = layers[0].conv.out_channels
         for widths in stages:
             for i, width in enumerate(widths):
@@ -146,7 +152,8 @@ def build(name: str, n_classes: int, image_shape: tuple[int, int]) -> nn.Module:
         return WideResNet(n_classes, *shape)
     if name == "cmasch":
         return Cmasch(n_classes, image_shape)
-    return FastVGG(n_classes, whiten=name != "fast", pool_early=name == "fast_pool")
+    return FastVGG(n_classes, whiten=name != "fast", pool_early=name == "fast_pool",
+                   whiten_size=2 if name == "fast_whiten2" else 3)
 
 
 @torch.no_grad()

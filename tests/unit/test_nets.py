@@ -49,7 +49,7 @@ def test_cmasch_matches_the_published_keras_model_size():
 
 
 def test_unknown_net_lists_the_choices():
-    choices = "cmasch, fast, fast_whiten, fast_pool, wrn"
+    choices = "cmasch, fast, fast_whiten, fast_whiten2, fast_pool, wrn"
     with pytest.raises(ValueError, match=f"unknown net 'resnet9'; choose one of {choices}"):
         nets.build("resnet9", 10, (28, 28))
 
@@ -68,6 +68,8 @@ def test_early_pooling_runs_batchnorm_and_later_convs_on_pooled_pixels():
     assert whiten_sizes == [28, 14, 14, 7, 7]
     assert pool_sizes == [14, 7, 7, 3, 3]
     assert pool_params == whiten_params  # the same layers, in another order
+    # airbench's unpadded 2 x 2 whitening trims a pixel, and each pool rounds down: 27, then 13, then 6
+    assert batchnorm_sizes("fast_whiten2")[0] == [27, 13, 13, 6, 6]
 
 
 def test_patch_whitening_decorrelates_patches_and_is_frozen():
@@ -81,6 +83,17 @@ def test_patch_whitening_decorrelates_patches_and_is_frozen():
     out = layer(smooth)[:, :, 1:-1, 1:-1].transpose(0, 1).reshape(18, -1).double()
     torch.testing.assert_close(torch.cov(out[:9]), torch.eye(9, dtype=torch.float64), atol=0.02, rtol=0)
     torch.testing.assert_close(out[9:], -out[:9])
+
+
+def test_two_by_two_whitening_decorrelates_patches_and_must_be_unpadded():
+    torch.manual_seed(0)
+    smooth = torch.nn.functional.avg_pool2d(torch.randn(200, 1, 30, 30), 3, 1)
+    layer = nets.PatchWhitening(size=2, eps=1e-6, padded=False)
+    layer.fit(smooth)
+    out = layer(smooth).transpose(0, 1).reshape(8, -1).double()
+    torch.testing.assert_close(torch.cov(out[:4]), torch.eye(4, dtype=torch.float64), atol=0.02, rtol=0)
+    with pytest.raises(ValueError, match="a padded layer needs an odd patch size, got 2"):
+        nets.PatchWhitening(size=2)
 
 
 def test_whitened_net_is_fitted_from_images_and_keeps_its_filters_in_the_state_dict():

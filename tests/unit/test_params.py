@@ -60,7 +60,7 @@ def test_out_of_range_values_are_named(key, value, expected):
 @pytest.mark.parametrize("key, value, expected", [
     ("epochs", -3, "train.epochs: Input should be greater than or equal to 1 (got -3)"),
     ("net", "resnet50", ("train.net: Value error, unknown net 'resnet50'; choose one of cmasch, fast, "
-                         "fast_whiten, fast_pool, wrn or wrn-<depth>-<width>")),
+                         "fast_whiten, fast_whiten2, fast_pool, wrn or wrn-<depth>-<width>")),
     ("net", "wrn-17-4", "train.net: Value error, net 'wrn-17-4': a Wide ResNet's depth must be 6n+4"),
     ("device", "tpu", "train.device: Input should be 'auto', 'cpu' or 'cuda' (got 'tpu')"),
     ("lr", "fast", "train.lr: Input should be a valid number (got 'fast')"),
