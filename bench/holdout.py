@@ -47,8 +47,8 @@ def member_probabilities(paths: list[Path], images: np.ndarray) -> dict[Path, np
     """Each member file's (N, C) probabilities with flip TTA, untempered, the way the ensemble stage predicts."""
     states = [torch.load(path, map_location="cpu", weights_only=True) for path in paths]
     ensemble = Ensemble.from_members(states, "soft", tta_flip=True)
-    probs = ensemble.member_probabilities(ensemble.member_logits(images),
-                                          ensemble.member_logits(images, mirrored=True), calibrated=False)
+    probs = ensemble.member_probabilities([ensemble.member_logits(images),
+                                           ensemble.member_logits(images, mirrored=True)], calibrated=False)
     return dict(zip(paths, probs))
 
 

@@ -141,6 +141,8 @@ class Member(Section):
 class EnsembleConfig(Section):
     method: Literal["soft", "weighted", "hard"]
     tta_flip: bool = Field(description="average each member's prediction with that of the mirrored image")
+    tta_translate: bool = Field(False, description="also average over the image shifted one pixel up-left and "
+                                "down-right (airbench's), the unshifted views weighing half")
     calibrate: bool = Field(description="temperature-scale each member, fitted on its own validation split")
 
 

@@ -41,7 +41,8 @@ def main() -> None:
         check_members_agree(paths, states)
         # The members compute in the precision they were trained in: their best checkpoints were chosen by
         # validation in it, and bf16 is the fast path where training chose it.
-        ensemble = Ensemble.from_members(states, cfg.method, cfg.tta_flip, precision=params.train.precision)
+        ensemble = Ensemble.from_members(states, cfg.method, cfg.tta_flip, precision=params.train.precision,
+                                         tta_translate=cfg.tta_translate)
         images, labels = load_images(args.data)
         measured = calibrate_on_validation(ensemble, images, labels, np.load(args.data / "is_val.npy"), device,
                                            cfg.calibrate, params.evaluate.ece_bins)
@@ -49,8 +50,10 @@ def main() -> None:
         summary = {"members": len(ensemble.members), **dict(zip(
             [f"weight_{s['member']}" for s in ensemble.states], np.round(ensemble.weights, 6).tolist())),
             **{k: round(v, 6) for k, v in measured.items()}}
-        log.info("%d members, %s voting%s; flip TTA on validation: %+.2f points", len(ensemble.members),
-                 cfg.method, " + flip TTA" if cfg.tta_flip else "", 100 * summary["flip_tta_gain"])
+        log.info("%d members, %s voting%s%s; on validation flip TTA %+.2f points, the ensemble's views %+.2f",
+                 len(ensemble.members), cfg.method, " + flip TTA" if cfg.tta_flip else "",
+                 " + translation TTA" if cfg.tta_translate else "", 100 * summary["flip_tta_gain"],
+                 100 * summary["tta_gain"])
         log.info("temperature %.3f (mean of members): validation ECE %.2f%% -> %.2f%%, log-loss %.4f -> %.4f",
                  measured["temperature_mean"], 100 * measured["member_val_ece_uncalibrated_mean"],
                  100 * measured["member_val_ece_mean"], measured["member_val_log_loss_uncalibrated_mean"],

@@ -14,7 +14,7 @@ from fmnist.evaluation.compatibility import check_compatible
 from fmnist.evaluation.figures import evaluation_pictures
 from fmnist.evaluation.scores import accuracy, log_loss, per_class_scores, score, write_tables
 from fmnist.files import write_json
-from fmnist.model.ensemble import Ensemble, combine
+from fmnist.model.ensemble import MIRRORED, PLAIN, Ensemble, combine
 from fmnist.params import load_params
 from fmnist.runner import run_main
 from fmnist.tracking.run import stage_run
@@ -39,22 +39,22 @@ def main() -> None:
     classes = list(params.dataset.classes)
     check_compatible(ensemble, args.model, classes, params.dataset.image_shape, images)
     with stage_run("evaluate") as run:
-        # Logits of both views once: the ensemble's own TTA setting is the headline, the other measures flip TTA,
-        # and the same logits without the temperatures show what calibration did.
-        plain = ensemble.member_logits(images, device)
-        mirrored = ensemble.member_logits(images, device, mirrored=True)
-        used, other = (mirrored, None) if ensemble.tta_flip else (None, mirrored)
-        member_probs = ensemble.member_probabilities(plain, used)
+        # Logits of every view once: the ensemble's own TTA views are the headline, the other flip setting (without
+        # translation) measures flip TTA, and the same logits without the temperatures show what calibration did.
+        views, weights = ensemble.views
+        other = [PLAIN] if ensemble.tta_flip else [PLAIN, MIRRORED]
+        logits = ensemble.view_logits(images, list(dict.fromkeys([*views, *other])), device)
+        member_probs = ensemble.member_probabilities([logits[v] for v in views], weights)
         ensemble_probs = combine(member_probs, ensemble.method, ensemble.weights)
-        uncalibrated = combine(ensemble.member_probabilities(plain, used, calibrated=False), ensemble.method,
-                               ensemble.weights)
+        uncalibrated = combine(ensemble.member_probabilities([logits[v] for v in views], weights, calibrated=False),
+                               ensemble.method, ensemble.weights)
         names = [state["member"] for state in ensemble.states]
         scores = per_class_scores(labels, ensemble_probs.argmax(1), len(classes))
         calibrated_bins = calibration(ensemble_probs, labels, bins)
         uncalibrated_bins = calibration(uncalibrated, labels, bins)
         report = score(member_probs, ensemble_probs, labels, names, classes, scores["f1"], calibrated_bins[0])
         report["ensemble_accuracy_other_tta"] = round(accuracy(combine(
-            ensemble.member_probabilities(plain, other), ensemble.method, ensemble.weights), labels), 6)
+            ensemble.member_probabilities([logits[v] for v in other]), ensemble.method, ensemble.weights), labels), 6)
         report["ensemble_ece_uncalibrated"] = round(uncalibrated_bins[0], 6)
         report["ensemble_log_loss_uncalibrated"] = round(log_loss(uncalibrated, labels), 6)
         write_json(args.metrics, report)
@@ -74,7 +74,8 @@ def main() -> None:
         for path in [*pictures, args.tables / "per_class.csv", args.metrics]:
             run.log_artifact(path, folder="evaluation")
         run.log_ensemble_model(args.model, images[:2], metrics=report, metadata={
-            "method": ensemble.method, "tta_flip": ensemble.tta_flip, "precision": ensemble.precision,
+            "method": ensemble.method, "tta_flip": ensemble.tta_flip, "tta_translate": ensemble.tta_translate,
+            "precision": ensemble.precision,
             "temperatures": {n: round(float(t), 6) for n, t in zip(names, ensemble.temperatures)}})
 
 

@@ -93,7 +93,8 @@ def test_ensemble_temperatures_scale_member_logits_and_survive_the_file(tmp_path
     save_torch(tmp_path / "e.pt", ensemble.to_state())
     loaded = Ensemble.load(tmp_path / "e.pt")
     np.testing.assert_array_equal(loaded.temperatures, [0.5])
-    np.testing.assert_allclose(loaded.member_probabilities(logits, calibrated=False)[0],
+    assert loaded.tta_translate is False  # an ensemble file from before translation TTA predicts as it did
+    np.testing.assert_allclose(loaded.member_probabilities([logits], calibrated=False)[0],
                                tempered_probabilities([logits[0]], 1.0))
 
 
@@ -167,6 +168,22 @@ def test_flip_tta_averages_the_image_and_its_mirror():
     expected = (ensemble.predict_proba(images) + ensemble.predict_proba(images[:, :, ::-1])) / 2
     ensemble.tta_flip = True
     np.testing.assert_allclose(ensemble.predict_proba(images), expected, rtol=1e-5)
+
+
+def test_translation_tta_weighs_the_shifted_views_half_and_survives_the_file(tmp_path):
+    ensemble = tiny_ensemble()
+    images = RNG.integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    down_right, up_left = np.zeros_like(images), np.zeros_like(images)
+    down_right[:, 1:, 1:], up_left[:, :-1, :-1] = images[:, :-1, :-1], images[:, 1:, 1:]  # black edge
+    ensemble.tta_flip = True
+    flipped = [ensemble.predict_proba(x) for x in (images, down_right, up_left)]
+    ensemble.tta_translate = True
+    np.testing.assert_allclose(ensemble.predict_proba(images),
+                               flipped[0] / 2 + (flipped[1] + flipped[2]) / 4, rtol=1e-5)
+    save_torch(tmp_path / "e.pt", ensemble.to_state())
+    loaded_views, loaded_weights = Ensemble.load(tmp_path / "e.pt").views
+    assert loaded_views == ensemble.views[0] and np.array_equal(loaded_weights, ensemble.views[1])
+    assert len(ensemble.views[0]) == 6 and ensemble.views[1].sum() == pytest.approx(1.0)
 
 
 def test_pictures_are_written_and_non_empty(tmp_path):
